@@ -1,0 +1,38 @@
+"""leanpool: run very many shell tasks in parallel from a big Python program.
+
+The pool runs in a separate, lean process, so the cost of starting a task does not
+depend on how much memory the caller holds.  See ``TaskRunner`` and ``run_tasks``.
+"""
+
+from ._api import TaskRunner as TaskRunner, run_tasks as run_tasks
+from ._errors import (
+    JournalError as JournalError,
+    LeanpoolError as LeanpoolError,
+    ProtocolError as ProtocolError,
+    RunnerCrashed as RunnerCrashed,
+    RunnerError as RunnerError,
+    TaskFailed as TaskFailed,
+    TaskFileError as TaskFileError,
+)
+from ._result import Result as Result, RunSummary as RunSummary
+
+__all__ = [
+    "JournalError",
+    "LeanpoolError",
+    "ProtocolError",
+    "Result",
+    "RunSummary",
+    "RunnerCrashed",
+    "RunnerError",
+    "TaskFailed",
+    "TaskFileError",
+    "TaskRunner",
+    "run_tasks",
+]
+
+__version__ = "0.1.0.dev0"
+
+# Public objects say they live in leanpool, not in a private module, in reprs and tracebacks.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -1,0 +1,136 @@
+"""What a finished task gives back to the caller: the ``Result`` value type."""
+
+from __future__ import annotations
+
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import final
+
+from ._errors import TaskFailed
+
+__all__ = ["Result", "RunSummary", "result_from_line"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One finished task, with the same field names as its JSON record.
+
+    Attributes:
+        id: the task's id, as given to ``add()`` or in the task file.
+        status: the exit code; minus the signal number when a signal ended the task
+            (as ``subprocess`` returncode); 127 or 126 when it could not start.
+        stdout, stderr: the output as text; exact when it is UTF-8, else with U+FFFD in
+            place of bad bytes (``stdout_bytes`` and ``stderr_bytes`` are always exact).
+        ok: True when the task exited 0 without timing out.
+        duration: wall-clock seconds from start to finish of the last attempt.
+        timed_out: the task outlived its timeout and was killed.
+        signal: the name of the signal that ended the task, if one did.
+        attempts: how many times it ran (more than 1 with retries).
+        error: why the task could not start, if it could not.
+        stdout_truncated, stderr_truncated: output beyond ``max_output`` was dropped.
+        stdout_file, stderr_file: where the output went, with ``output_dir``.
+    """
+
+    id: str | int
+    status: int
+    stdout: str
+    stderr: str
+    ok: bool
+    duration: float
+    timed_out: bool = False
+    signal: str | None = None
+    attempts: int = 1
+    error: str | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    stdout_file: str | None = None
+    stderr_file: str | None = None
+    stdout_b64: str | None = field(default=None, repr=False)
+    stderr_b64: str | None = field(default=None, repr=False)
+
+    @property
+    def stdout_bytes(self) -> bytes:
+        """The task's stdout exactly as it wrote it."""
+        if self.stdout_b64 is not None:
+            return binascii.a2b_base64(self.stdout_b64)
+        return self.stdout.encode("utf-8")
+
+    @property
+    def stderr_bytes(self) -> bytes:
+        """The task's stderr exactly as it wrote it."""
+        if self.stderr_b64 is not None:
+            return binascii.a2b_base64(self.stderr_b64)
+        return self.stderr.encode("utf-8")
+
+    def check(self) -> Result:
+        """Return self if the task succeeded, else raise TaskFailed.
+
+        Raises:
+            TaskFailed: the task exited non-zero, was killed, timed out or did not start.
+        """
+        if self.ok:
+            return self
+        if self.error is not None:
+            reason = self.error
+        elif self.timed_out:
+            reason = f"timed out (ended by {self.signal or 'exit'})"
+        elif self.signal is not None:
+            reason = f"killed by {self.signal}"
+        else:
+            reason = f"exit status {self.status}"
+        raise TaskFailed(self.id, self.status, reason)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """How a run ended, from the runner's end record.
+
+    Attributes:
+        total: tasks in the task file.
+        skipped: tasks skipped because the journal already had their result (resume).
+        completed: results delivered by this run.
+        failed: of those, how many were not ok.
+        unfinished: tasks of this run with no result: never started, or killed by a halt
+            or an interrupt (a resumed run starts them again).
+        halted: the run stopped early because of ``halt``.
+    """
+
+    total: int
+    skipped: int
+    completed: int
+    failed: int
+    unfinished: int
+    halted: bool
+
+
+def result_from_line(line: bytes) -> Result:
+    """Decode one result line of the protocol into a Result.
+
+    Raises:
+        ValueError: the line is not a valid result record.
+    """
+    record = json.loads(line)
+    try:
+        return Result(
+            id=record["id"],
+            status=record["status"],
+            stdout=record["stdout"],
+            stderr=record["stderr"],
+            ok=record["ok"],
+            duration=record["duration"],
+            timed_out=record.get("timed_out", False),
+            signal=record.get("signal"),
+            attempts=record.get("attempts", 1),
+            error=record.get("error"),
+            stdout_truncated=record.get("stdout_truncated", False),
+            stderr_truncated=record.get("stderr_truncated", False),
+            stdout_file=record.get("stdout_file"),
+            stderr_file=record.get("stderr_file"),
+            stdout_b64=record.get("stdout_b64"),
+            stderr_b64=record.get("stderr_b64"),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a result record: missing or bad {exc}") from None

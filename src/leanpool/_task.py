@@ -1,0 +1,232 @@
+"""The task model: what one line of a task file may hold, and its validation.
+
+Shared by the caller (``TaskRunner.add`` checks a task before spooling it) and by the
+runner (which checks every line again, since a task file may come from anywhere).
+Standard library only: the lean runner imports this module.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import math
+from typing import Final
+
+from ._errors import TaskFileError
+
+__all__ = ["TASK_FIELDS", "InvalidTask", "Task", "parse_line", "parse_text_line", "task_from_record"]
+
+TASK_FIELDS: Final = ("id", "cmd", "env", "cwd", "stdin", "stdin_b64", "timeout")
+"""Every field a task record may have; any other field is refused, so that a typo such as
+``"timout"`` is an error instead of a silently ignored setting."""
+
+_FIELD_SET: Final = frozenset(TASK_FIELDS)
+
+
+class InvalidTask(ValueError):
+    """A task record is not valid; ``wrong_type`` tells a caller to raise TypeError."""
+
+    def __init__(self, reason: str, *, wrong_type: bool = False) -> None:
+        self.reason = reason
+        self.wrong_type = wrong_type
+        super().__init__(reason)
+
+
+class Task:
+    """One validated task, as the runner needs it.
+
+    A plain slotted class rather than a dataclass: the runner builds one per task and
+    the dataclasses module is more import than it needs.
+    """
+
+    __slots__ = ("argv", "cwd", "env", "id", "line", "shell", "stdin", "timeout")
+
+    def __init__(
+        self,
+        task_id: str | int,
+        argv: list[str],
+        *,
+        shell: bool,
+        line: int,
+        env: dict[str, str | None] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.id = task_id
+        self.argv = argv
+        self.shell = shell
+        self.line = line
+        self.env = env
+        self.cwd = cwd
+        self.stdin = stdin
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id!r} line {self.line}: {self.argv!r}>"
+
+
+def _check_id(value: object) -> str | int:
+    # bool is an int subclass, and a float id would not survive a JSON round trip as typed.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidTask(
+            f"'id' must be a string or an integer, not {type(value).__name__}", wrong_type=True
+        )
+    return value
+
+
+def _check_cmd(value: object) -> tuple[list[str], bool]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidTask("'cmd' is an empty command")
+        return ["/bin/sh", "-c", value], True
+    if isinstance(value, list):
+        if not value:
+            raise InvalidTask("'cmd' is an empty argv list")
+        for item in value:
+            if not isinstance(item, str):
+                raise InvalidTask(
+                    f"'cmd' as a list must hold strings only, not {type(item).__name__}",
+                    wrong_type=True,
+                )
+        return value, False
+    raise InvalidTask(
+        f"'cmd' must be a string (run by /bin/sh -c) or a list of strings (an argv), "
+        f"not {type(value).__name__}",
+        wrong_type=True,
+    )
+
+
+def _check_env(value: object) -> dict[str, str | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidTask(f"'env' must be an object, not {type(value).__name__}", wrong_type=True)
+    for key, item in value.items():
+        if not key or "=" in key:
+            raise InvalidTask(f"'env' has an invalid variable name {key!r}")
+        if item is not None and not isinstance(item, str):
+            raise InvalidTask(
+                f"'env' value of {key!r} must be a string or null, not {type(item).__name__}",
+                wrong_type=True,
+            )
+    return value
+
+
+def _check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTask(
+            f"'timeout' must be a number of seconds, not {type(value).__name__}", wrong_type=True
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise InvalidTask(f"'timeout' must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _check_stdin(record: dict[str, object]) -> bytes | None:
+    text = record.get("stdin")
+    b64 = record.get("stdin_b64")
+    if text is not None and b64 is not None:
+        raise InvalidTask("give 'stdin' or 'stdin_b64', not both")
+    if text is not None:
+        if not isinstance(text, str):
+            raise InvalidTask(
+                f"'stdin' must be a string, not {type(text).__name__}", wrong_type=True
+            )
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidTask("'stdin' holds a lone surrogate; send bytes as 'stdin_b64'") from None
+    if b64 is not None:
+        if not isinstance(b64, str):
+            raise InvalidTask(
+                f"'stdin_b64' must be a base64 string, not {type(b64).__name__}", wrong_type=True
+            )
+        try:
+            return binascii.a2b_base64(b64.encode("ascii"), strict_mode=True)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise InvalidTask(f"'stdin_b64' is not valid base64 ({exc})") from None
+    return None
+
+
+def task_from_record(record: object, line: int) -> Task:
+    """Validate one decoded task record and build its Task.
+
+    Raises:
+        InvalidTask: the record is not a valid task (the reason names the field).
+    """
+    if not isinstance(record, dict):
+        raise InvalidTask(f"a task must be a JSON object, not {_json_kind(record)}")
+    unknown = record.keys() - _FIELD_SET
+    if unknown:
+        raise InvalidTask(
+            f"unknown field {sorted(unknown)[0]!r} (task fields are: {', '.join(TASK_FIELDS)})"
+        )
+    if "id" not in record:
+        raise InvalidTask("missing 'id'")
+    if "cmd" not in record:
+        raise InvalidTask("missing 'cmd'")
+    argv, shell = _check_cmd(record["cmd"])
+    cwd = record.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise InvalidTask(f"'cwd' must be a string, not {type(cwd).__name__}", wrong_type=True)
+    return Task(
+        _check_id(record["id"]),
+        argv,
+        shell=shell,
+        line=line,
+        env=_check_env(record.get("env")),
+        cwd=cwd or None,
+        stdin=_check_stdin(record),
+        timeout=_check_timeout(record.get("timeout")),
+    )
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def _decode(raw: bytes, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskFileError(line, f"not valid UTF-8 (bad byte at column {exc.start + 1})") from None
+
+
+def parse_line(raw: bytes, line: int) -> Task | None:
+    """Parse one line of a JSONL task file; None for a blank line.
+
+    Raises:
+        TaskFileError: the line is not a valid task, naming the line and the reason.
+    """
+    text = _decode(raw, line)
+    if not text or text.isspace():
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TaskFileError(line, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of 5,000 digits, or [[[[...
+        raise TaskFileError(line, f"not valid JSON ({exc})") from None
+    try:
+        return task_from_record(record, line)
+    except InvalidTask as exc:
+        raise TaskFileError(line, exc.reason) from None
+
+
+def parse_text_line(raw: bytes, line: int) -> Task | None:
+    """Parse one line of a plain command list (``--lines``): the id is the line number."""
+    text = _decode(raw, line).rstrip("\r\n")
+    if not text or text.isspace():
+        return None
+    return Task(line, ["/bin/sh", "-c", text], shell=True, line=line)
