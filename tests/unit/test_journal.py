@@ -1,0 +1,54 @@
+"""Reading a journal back: torn last lines are cut, anything doubtful is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from leanpool import JournalError
+from leanpool._journal import Journal, read_journal_ids
+
+
+def test_missing_journal_is_empty(tmp_path: Path) -> None:
+    assert read_journal_ids(str(tmp_path / "none.jsonl")) == set()
+
+
+def test_torn_last_line_is_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b'{"id":1,"status":0}\n{"id":"b","status":0}\n{"id":3,"sta')
+    assert read_journal_ids(str(path)) == {1, "b"}
+    assert path.read_bytes() == b'{"id":1,"status":0}\n{"id":"b","status":0}\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"id":1}\nnot json\n{"id":2}\n', "line 2 is not a result record"),
+        (b'{"id":1}\n{"id":1}\n', "line 2 repeats id 1"),
+        (b'{"id":1}\n{"x":1}\n', "line 2 is not a result record"),
+        (b'{"id":[1]}\n', "line 1 has an invalid id"),
+    ],
+)
+def test_doubtful_journal_is_refused(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(JournalError, match=message):
+        read_journal_ids(str(path))
+    assert path.read_bytes() == content  # refused, and left untouched
+
+
+def test_existing_journal_needs_resume(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b'{"id":1}\n')
+    with pytest.raises(JournalError, match="already holds results"):
+        Journal(str(path), resume=False)
+
+
+def test_failed_write_keeps_earlier_records() -> None:
+    journal = Journal("/dev/full", resume=True)
+    try:
+        with pytest.raises(JournalError, match="No space left on device"):
+            journal.append(b'{"id":1}\n')
+    finally:
+        journal.close()
