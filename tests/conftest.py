@@ -7,10 +7,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 PY = sys.executable
 
@@ -62,14 +65,16 @@ def wait_for(predicate: Callable[[], bool], within: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def leanpool_cli(*args: str, stdin: bytes | None = None, timeout: float = 60, **kw: object):
+def leanpool_cli(
+    *args: str, stdin: bytes | None = None, timeout: float = 60, cwd: str | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run ``python -m leanpool ARGS`` as a real subprocess."""
     return subprocess.run(
         [PY, "-m", "leanpool", *args],
         input=stdin if stdin is not None else b"",
         capture_output=True,
         timeout=timeout,
-        **kw,  # type: ignore[arg-type]
+        cwd=cwd,
     )
 
 

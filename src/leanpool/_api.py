@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import final
 
 from ._errors import ProtocolError, RunnerError
@@ -98,7 +99,7 @@ class TaskRunner:
         self._tmpdir = None if tmpdir is None else os.fspath(tmpdir)
         self._workdir: str | None = None
         self._spool: SpoolWriter | None = None
-        self._cleanup: weakref.finalize[[str], None] | None = None  # type: ignore[type-arg]
+        self._cleanup: Callable[[], object] | None = None
         self._running = False
         self.summary: RunSummary | None = None
         """How the last run ended; None until a run has ended."""
@@ -182,11 +183,11 @@ class TaskRunner:
     def _open_spool(self) -> None:
         workdir = tempfile.mkdtemp(prefix="leanpool-", dir=self._tmpdir)  # mode 0700
         # Removes the directory if this runner is dropped without running or closing.
-        self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, ignore_errors=True)
+        self._cleanup = weakref.finalize(self, _remove_tree, workdir)
         self._workdir = workdir
         self._spool = SpoolWriter(workdir)
 
-    def run(self, *, ordered: bool = False) -> Iterator[Result]:
+    def run(self, *, ordered: bool = False) -> Generator[Result, None, None]:
         """Run every added task; yield each Result as its task ends.
 
         Leaving the loop early (``break``, an exception, closing the iterator) kills
@@ -213,9 +214,9 @@ class TaskRunner:
         self,
         spool: SpoolWriter | None,
         workdir: str | None,
-        cleanup: weakref.finalize[[str], None] | None,  # type: ignore[type-arg]
+        cleanup: Callable[[], object] | None,
         ordered: bool,
-    ) -> Iterator[Result]:
+    ) -> Generator[Result, None, None]:
         try:
             if spool is None or workdir is None:
                 self.summary = RunSummary(0, 0, 0, 0, 0, halted=False)
@@ -278,9 +279,11 @@ class TaskRunner:
         self.close()
 
 
-def _b64(data: bytes) -> str:
-    import binascii
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
+
+def _b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 

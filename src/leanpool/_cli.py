@@ -12,12 +12,14 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
-from typing import IO, NoReturn
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from ._errors import JournalError, LeanpoolError, TaskFileError
 from ._launch import RunnerProcess, RunOptions, default_parallel
 from ._spool import SPOOL_NAME, TaskFormat
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
@@ -80,7 +82,9 @@ def _parser() -> _Parser:
     )
     run.add_argument("file", metavar="FILE", help="task file, or - for stdin")
     run.add_argument(
-        "--lines", action="store_true", help="FILE holds one shell command per line (id: line number)"
+        "--lines",
+        action="store_true",
+        help="FILE holds one shell command per line (id: line number)",
     )
     run.add_argument(
         "-j",

@@ -107,7 +107,9 @@ class RunnerCrashed(RunnerError):
     def __init__(self, returncode: int | None, stderr: str, *, completed: int = 0) -> None:
         self.returncode = returncode
         self.stderr = stderr
-        how = "ended its output" if returncode is None else f"exited with {describe_exit(returncode)}"
+        how = (
+            "ended its output" if returncode is None else f"exited with {describe_exit(returncode)}"
+        )
         message = f"leanpool runner {how} before finishing"
         tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
         if tail:

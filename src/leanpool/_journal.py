@@ -9,6 +9,7 @@ power loss after at most that long.  Standard library only: the lean runner impo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -97,10 +98,8 @@ class Journal:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
-            try:
+            with contextlib.suppress(OSError):  # /dev/full and friends keep nothing anyway
                 os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass  # /dev/full and friends: nothing was kept anyway
             raise JournalError(f"cannot write journal {self.path}: {exc.strerror}") from exc
         self._size += len(line)
         self._dirty = True

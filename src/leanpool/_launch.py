@@ -22,10 +22,8 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
 from ._errors import (
     JournalError,
@@ -35,10 +33,14 @@ from ._errors import (
     RunnerError,
     TaskFileError,
 )
-from ._runner import RunnerConfig
-from ._spool import TaskFormat
 from ._supervise import RUN_TOKEN_ENV, sweep_run
 from ._wire import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from ._runner import RunnerConfig
+    from ._spool import TaskFormat
 
 __all__ = ["SHUTDOWN_WAIT_S", "RunOptions", "RunnerProcess", "default_parallel", "runner_command"]
 

@@ -32,6 +32,7 @@ One epoll loop does everything, without a sleep-and-poll tick:
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import json
 import os
@@ -41,15 +42,18 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
-from typing import Final, TypedDict
+from typing import TYPE_CHECKING, Final, TypedDict, cast
 
 from ._errors import JournalError, TaskFileError
 from ._journal import Journal, read_journal_ids
 from ._spool import TaskFormat, iter_tasks
 from ._supervise import Child, SpawnError, reap_ready, signal_group, spawn
-from ._task import Task
 from ._wire import control_line, decode_output, encode_line
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ._task import Task
 
 __all__ = ["RunnerConfig", "main"]
 
@@ -158,10 +162,9 @@ class _Runner:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, self._on_stop_signal)
         self.epoll.register(wake_r, EPOLLIN)
-        try:  # EOF here means the caller is gone; a non-pipe stdin cannot tell us that
+        # EOF on stdin means the caller is gone; a stdin that is not a pipe cannot say so.
+        with contextlib.suppress(OSError):
             self.epoll.register(0, EPOLLIN)
-        except OSError:
-            pass
         os.set_blocking(1, False)
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
@@ -244,7 +247,7 @@ class _Runner:
                 self._fill()
             if not self.active and (self.stopping or (self.exhausted and not self.pending())):
                 return
-            for fd, events in poll(self._poll_timeout()):
+            for fd, _events in poll(self._poll_timeout()):
                 child = by_fd.get(fd)
                 if child is not None:
                     if fd == child.in_fd:
@@ -283,10 +286,11 @@ class _Runner:
             else:
                 if self.exhausted:
                     return
-                task = next(self.tasks, None)
-                if task is None:
+                fresh = next(self.tasks, None)
+                if fresh is None:
                     self.exhausted = True
                     return
+                task = fresh
                 seq = self.next_seq
                 self.next_seq += 1
                 attempt = 1
@@ -305,7 +309,7 @@ class _Runner:
                 task, seq, attempt, base_env=self.base_env, home_fd=self.home_fd, output_paths=paths
             )
         except SpawnError as exc:
-            record = {
+            record: dict[str, object] = {
                 "id": task.id,
                 "status": exc.status,
                 "ok": False,
@@ -349,7 +353,7 @@ class _Runner:
         # Nothing of ours holds the resource and waiting did not help: fail this task.
         self.ready.popleft()
         self.backoff_step = 0
-        record = {
+        record: dict[str, object] = {
             "id": task.id,
             "status": 126,
             "ok": False,
@@ -453,8 +457,7 @@ class _Runner:
             if kind == _RETRY:
                 self.retries_pending -= 1
                 if not self.stopping:
-                    task, seq, attempt = subject  # type: ignore[misc]
-                    self.ready.append((task, seq, attempt))
+                    self.ready.append(cast("tuple[Task, int, int]", subject))
                 continue
             if kind == _WAKE:
                 continue  # _fill runs at the top of the loop
@@ -641,19 +644,15 @@ def _ignore_signal(_signum: int, _frame: object) -> None:
 
 
 def _warn(message: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.write(2, f"leanpool runner: {message}\n".encode(errors="replace"))
-    except OSError:
-        pass
 
 
 def _fatal(kind: str, message: str, **details: object) -> None:
     fields: dict[str, object] = {"error": kind, "message": message, **details}
     os.set_blocking(1, True)
-    try:
+    with contextlib.suppress(OSError):
         os.write(1, control_line("fatal", **fields))
-    except OSError:
-        pass
 
 
 def main(argv: list[str]) -> int:

@@ -8,13 +8,16 @@ lean runner imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
-from typing import BinaryIO, Final, Literal
+from typing import TYPE_CHECKING, BinaryIO, Final, Literal
 
 from ._errors import LeanpoolError
 from ._task import Task, parse_line, parse_text_line
 from ._wire import encode_line
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["SPOOL_NAME", "SpoolWriter", "TaskFormat", "iter_tasks"]
 
@@ -75,7 +78,5 @@ class SpoolWriter:
         """Close without caring whether the last buffer reached the disk."""
         spool, self._file = self._file, None
         if spool is not None:
-            try:
+            with contextlib.suppress(OSError):  # abandoned: the file goes with its directory
                 spool.close()
-            except OSError:
-                pass  # the run is abandoned, and the file goes with its directory

@@ -11,10 +11,12 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from ._task import Task
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from ._task import Task
 
 __all__ = [
     "RUN_TOKEN_ENV",
@@ -54,13 +56,13 @@ class Child:
 
     __slots__ = (
         "abandoned",
+        "attempt",
         "err_chunks",
         "err_fd",
         "err_path",
         "err_size",
         "err_truncated",
         "in_fd",
-        "attempt",
         "in_view",
         "out_chunks",
         "out_fd",
@@ -202,17 +204,16 @@ def spawn(
 
 def _open_outputs(paths: tuple[str, str]) -> tuple[int, int]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    opened: list[int] = []
+    out_fd = -1
     try:
-        for path in paths:
-            opened.append(os.open(path, flags, 0o644))
+        out_fd = os.open(paths[0], flags, 0o644)
+        return out_fd, os.open(paths[1], flags, 0o644)
     except OSError as exc:
-        for fd in opened:
-            os.close(fd)
+        if out_fd >= 0:
+            os.close(out_fd)
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise
         raise SpawnError(126, f"cannot open output file {exc.filename!r}: {exc.strerror}") from None
-    return opened[0], opened[1]
 
 
 def _start(
@@ -276,24 +277,23 @@ def reap_ready() -> Iterator[tuple[int, int]]:
         yield pid, os.waitstatus_to_exitcode(status)
 
 
+def _environ(pid: str) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:  # gone already, or not ours to read
+        return []
+
+
 def _marked_pids(mark: bytes) -> list[int]:
-    own = os.getpid()
-    found = []
+    own = str(os.getpid())
     try:
         names = os.listdir("/proc")
     except OSError:
-        return found
-    for name in names:
-        if not name.isdigit() or int(name) == own:
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:  # gone already, or not ours to read
-            continue
-        if mark in environ.split(b"\0"):
-            found.append(int(name))
-    return found
+        return []
+    return [
+        int(name) for name in names if name.isdigit() and name != own and mark in _environ(name)
+    ]
 
 
 def sweep_run(token: str, *, deadline_s: float = 2.0) -> int:

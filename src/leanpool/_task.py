@@ -14,7 +14,14 @@ from typing import Final
 
 from ._errors import TaskFileError
 
-__all__ = ["TASK_FIELDS", "InvalidTask", "Task", "parse_line", "parse_text_line", "task_from_record"]
+__all__ = [
+    "TASK_FIELDS",
+    "InvalidTask",
+    "Task",
+    "parse_line",
+    "parse_text_line",
+    "task_from_record",
+]
 
 TASK_FIELDS: Final = ("id", "cmd", "env", "cwd", "stdin", "stdin_b64", "timeout")
 """Every field a task record may have; any other field is refused, so that a typo such as

@@ -80,7 +80,8 @@ def test_exit_codes_and_signal_deaths() -> None:
     assert (results["three"].status, results["three"].ok) == (3, False)
     assert (results["term"].status, results["term"].signal) == (-15, "SIGTERM")
     assert (results["kill"].status, results["kill"].signal) == (-9, "SIGKILL")
-    assert not results["kill"].ok and not results["kill"].timed_out
+    assert not results["kill"].ok
+    assert not results["kill"].timed_out
 
 
 def test_argv_tasks_get_no_shell_interpretation(tmp_path: Path) -> None:
@@ -98,9 +99,13 @@ def test_stdin_env_and_cwd(tmp_path: Path) -> None:
     (workdir / "here.txt").write_text("x")
     runner = TaskRunner(4)
     runner.add("stdin", "wc -c", stdin="hello")
-    runner.add("bytes", [PY, "-c", "import sys; print(sys.stdin.buffer.read().hex())"], stdin=b"\x00\xff")
+    runner.add(
+        "bytes", [PY, "-c", "import sys; print(sys.stdin.buffer.read().hex())"], stdin=b"\x00\xff"
+    )
     runner.add("big-stdin", "wc -c", stdin=b"y" * 1_000_000)
-    runner.add("env", "echo $LANG-$EXTRA-${HOME:-unset}", env={"LANG": "C", "EXTRA": "1", "HOME": None})
+    runner.add(
+        "env", "echo $LANG-$EXTRA-${HOME:-unset}", env={"LANG": "C", "EXTRA": "1", "HOME": None}
+    )
     runner.add("cwd", "ls", cwd=workdir)
     runner.add("no-stdin", "cat")  # /dev/null: ends at once instead of waiting on a terminal
     results = run_all(runner)
@@ -109,7 +114,8 @@ def test_stdin_env_and_cwd(tmp_path: Path) -> None:
     assert results["big-stdin"].stdout.strip() == "1000000"
     assert results["env"].stdout == "C-1-unset\n"
     assert results["cwd"].stdout == "here.txt\n"
-    assert results["no-stdin"].ok and results["no-stdin"].stdout == ""
+    assert results["no-stdin"].ok
+    assert results["no-stdin"].stdout == ""
 
 
 def test_tasks_are_children_of_the_runner_not_the_caller() -> None:
@@ -175,7 +181,8 @@ def test_max_output_caps_and_flags() -> None:
     runner.add("small", "echo hi")
     results = run_all(runner)
     assert results["big"].stdout_bytes == b"\0" * 10
-    assert results["big"].stdout_truncated and results["big"].ok
+    assert results["big"].stdout_truncated
+    assert results["big"].ok
     assert not results["small"].stdout_truncated
 
 
@@ -187,7 +194,8 @@ def test_output_dir_keeps_huge_output_out_of_memory(tmp_path: Path) -> None:
     runner.add("plain", "echo hi")
     results = run_all(runner)
     big = results["a/b"]
-    assert big.stdout == "" and big.stdout_file == str(tmp_path / "a%2Fb.stdout")
+    assert big.stdout == ""
+    assert big.stdout_file == str(tmp_path / "a%2Fb.stdout")
     assert os.path.getsize(big.stdout_file) == 3_000_000
     assert Path(big.stderr_file or "").read_text() == "oops\n"
     assert (tmp_path / "plain.stdout").read_text() == "hi\n"
@@ -195,7 +203,11 @@ def test_output_dir_keeps_huge_output_out_of_memory(tmp_path: Path) -> None:
 
 def test_run_tasks_simple_tier() -> None:
     results = run_tasks(["echo a", ["echo", "b"], "exit 2"], parallel=2)
-    assert [(r.id, r.stdout, r.status) for r in results] == [(0, "a\n", 0), (1, "b\n", 0), (2, "", 2)]
+    assert [(r.id, r.stdout, r.status) for r in results] == [
+        (0, "a\n", 0),
+        (1, "b\n", 0),
+        (2, "", 2),
+    ]
     with pytest.raises(Exception, match="task 0 failed: exit status 1"):
         run_tasks(["false"], check=True)
 
@@ -219,8 +231,12 @@ def test_add_refuses_bad_tasks_at_once(kwargs: dict[str, object], error: type[Ex
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"parallel": 0}, "parallel must be at least 1"), ({"parallel": "8"}, "parallel must be an integer"),
-     ({"timeout": -1}, "timeout must be at least"), ({"resume": True}, "resume needs a journal")],
+    [
+        ({"parallel": 0}, "parallel must be at least 1"),
+        ({"parallel": "8"}, "parallel must be an integer"),
+        ({"timeout": -1}, "timeout must be at least"),
+        ({"resume": True}, "resume needs a journal"),
+    ],
 )
 def test_constructor_validates_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises((TypeError, ValueError), match=message):
@@ -242,10 +258,17 @@ def test_runner_imports_nothing_but_the_standard_library() -> None:
     modules = set(ast.literal_eval(out))
     ours = {m for m in modules if m.split(".")[0] == "leanpool"}
     assert ours <= {
-        "leanpool", "leanpool._runner", "leanpool._task", "leanpool._wire", "leanpool._spool",
-        "leanpool._journal", "leanpool._supervise", "leanpool._errors",
+        "leanpool",
+        "leanpool._runner",
+        "leanpool._task",
+        "leanpool._wire",
+        "leanpool._spool",
+        "leanpool._journal",
+        "leanpool._supervise",
+        "leanpool._errors",
     }
     stdlib = sys.stdlib_module_names | {"__main__"}
     foreign = {m for m in modules - ours if m.split(".")[0] not in stdlib}
     assert not foreign, foreign
-    assert "leanpool._api" not in modules and "tqdm" not in modules
+    assert "leanpool._api" not in modules
+    assert "tqdm" not in modules

@@ -31,9 +31,14 @@ def test_error_tree() -> None:
 
 def test_runner_crashed_names_the_signal() -> None:
     error = RunnerCrashed(-signal.SIGKILL, "", completed=3)
-    assert str(error) == "leanpool runner exited with signal SIGKILL before finishing (3 task(s) had finished)"
-    assert RunnerCrashed(1, "boom\nlast words\n").__str__().startswith(
-        "leanpool runner exited with status 1 before finishing: last words"
+    assert (
+        str(error)
+        == "leanpool runner exited with signal SIGKILL before finishing (3 task(s) had finished)"
+    )
+    assert (
+        RunnerCrashed(1, "boom\nlast words\n")
+        .__str__()
+        .startswith("leanpool runner exited with status 1 before finishing: last words")
     )
 
 

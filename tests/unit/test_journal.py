@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from leanpool import JournalError
 from leanpool._journal import Journal, read_journal_ids
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_missing_journal_is_empty(tmp_path: Path) -> None:

@@ -25,11 +25,23 @@ def test_argv_list_runs_directly() -> None:
 
 def test_optional_fields() -> None:
     line = json.dumps(
-        {"id": 1, "cmd": "wc -c", "stdin": "hi", "env": {"A": "1", "B": None}, "cwd": "/", "timeout": 2}
+        {
+            "id": 1,
+            "cmd": "wc -c",
+            "stdin": "hi",
+            "env": {"A": "1", "B": None},
+            "cwd": "/",
+            "timeout": 2,
+        }
     ).encode()
     task = parse_line(line, 1)
     assert task is not None
-    assert (task.stdin, task.env, task.cwd, task.timeout) == (b"hi", {"A": "1", "B": None}, "/", 2.0)
+    assert (task.stdin, task.env, task.cwd, task.timeout) == (
+        b"hi",
+        {"A": "1", "B": None},
+        "/",
+        2.0,
+    )
 
 
 def test_stdin_b64_gives_exact_bytes() -> None:
@@ -49,7 +61,7 @@ def test_blank_lines_are_skipped(blank: bytes) -> None:
         (b"{not json", "not valid JSON"),
         (b'{"id": 1}', "missing 'cmd'"),
         (b'{"cmd": "x"}', "missing 'id'"),
-        (b'[1, 2]', "must be a JSON object, not an array"),
+        (b"[1, 2]", "must be a JSON object, not an array"),
         (b'{"id": 1.5, "cmd": "x"}', "'id' must be a string or an integer"),
         (b'{"id": true, "cmd": "x"}', "'id' must be a string or an integer"),
         (b'{"id": 1, "cmd": 5}', "'cmd' must be a string"),
@@ -99,7 +111,9 @@ def test_any_bytes_give_a_task_or_a_task_file_error(raw: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 

@@ -13,8 +13,14 @@ from leanpool._wire import PROTOCOL_VERSION, control_line, decode_output, encode
 def test_control_lines_start_with_the_leanpool_key() -> None:
     line = control_line("start", total=3, skipped=0)
     assert line.startswith(b'{"leanpool":"start"')
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert json.loads(line) == {"leanpool": "start", "protocol": PROTOCOL_VERSION, "total": 3, "skipped": 0}
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert json.loads(line) == {
+        "leanpool": "start",
+        "protocol": PROTOCOL_VERSION,
+        "total": 3,
+        "skipped": 0,
+    }
 
 
 def test_utf8_output_is_kept_as_text_only() -> None:

@@ -1,0 +1,180 @@
+"""The leanpool command as a real subprocess: JSONL in, JSONL out, exit status, stderr."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.conftest import PY, leanpool_cli
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def records(stdout: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def write(path: Path, lines: list[object]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_jsonl_file_all_ok(tmp_path: Path) -> None:
+    tasks = write(tmp_path / "t.jsonl", [{"id": i, "cmd": f"echo {i}"} for i in range(20)])
+    proc = leanpool_cli("run", str(tasks), "-j", "4")
+    assert proc.returncode == 0
+    assert proc.stderr == b""
+    out = records(proc.stdout)
+    assert sorted(r["id"] for r in out) == list(range(20))  # type: ignore[type-var]
+    assert all(r["ok"] and r["stdout"] == f"{r['id']}\n" for r in out)
+    assert set(out[0]) >= {"id", "status", "ok", "duration", "stdout", "stderr"}
+
+
+def test_stdin_dash_and_ordered(tmp_path: Path) -> None:
+    lines = "".join(
+        json.dumps({"id": i, "cmd": f"sleep 0.0{5 - i}; echo {i}"}) + "\n" for i in range(5)
+    )
+    proc = leanpool_cli("run", "-", "--ordered", "-j", "5", stdin=lines.encode())
+    assert proc.returncode == 0, proc.stderr
+    assert [r["id"] for r in records(proc.stdout)] == list(range(5))
+
+
+def test_console_script_and_lines_mode(tmp_path: Path) -> None:
+    script = shutil.which("leanpool", path=os.path.dirname(sys.executable))
+    assert script is not None
+    commands = tmp_path / "commands.txt"
+    commands.write_text("echo one\n\necho two | tr a-z A-Z\nexit 4\n")
+    proc = subprocess.run(
+        [script, "run", "--lines", str(commands)], capture_output=True, timeout=60
+    )
+    assert proc.returncode == 1  # line 4 failed
+    by_id = {r["id"]: r for r in records(proc.stdout)}
+    assert set(by_id) == {1, 3, 4}
+    assert by_id[3]["stdout"] == "TWO\n"
+    assert by_id[4]["status"] == 4
+    assert by_id[4]["ok"] is False
+    assert proc.stderr == b""
+
+
+def test_any_failure_gives_status_1(tmp_path: Path) -> None:
+    tasks = write(tmp_path / "t.jsonl", [{"id": "a", "cmd": "true"}, {"id": "b", "cmd": "false"}])
+    proc = leanpool_cli("run", str(tasks))
+    assert proc.returncode == 1
+    assert len(records(proc.stdout)) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "content", "message"),
+    [
+        (["run", "{missing}"], None, "cannot read {missing}: No such file or directory"),
+        (["run", "{dir}"], None, "Is a directory"),
+        (
+            ["run", "{file}"],
+            b'{"id": 1, "cmd": "true"}\n{"id": 2\n',
+            "invalid task on line 2: not valid JSON",
+        ),
+        (
+            ["run", "{file}"],
+            b'{"id": 1, "cmd": "true"}\n\xff\n',
+            "invalid task on line 2: not valid UTF-8",
+        ),
+        (["run", "{file}"], b'{"id": 1}\n', "invalid task on line 1: missing 'cmd'"),
+        (["run", "{file}", "-j", "0"], b"", "-j/--parallel: must be at least 1, not 0"),
+        (["run", "{file}", "-j", "x"], b"", "not an integer: 'x'"),
+        (["run", "{file}", "--timeout", "soon"], b"", "not a number of seconds"),
+        (["run", "{file}", "--resume"], b"", "--resume needs --journal"),
+        (["run"], None, "the following arguments are required: FILE"),
+        (["walk"], None, "invalid choice: 'walk'"),
+        ([], None, "the following arguments are required: command"),
+    ],
+)
+def test_bad_usage_and_input_exit_2_with_one_clear_line(
+    tmp_path: Path, args: list[str], content: bytes | None, message: str
+) -> None:
+    file = tmp_path / "tasks.jsonl"
+    marker = tmp_path / "ran"
+    file.write_bytes((content or b"").replace(b"true", f"touch {marker}".encode()))
+    paths = {"missing": str(tmp_path / "nope.jsonl"), "dir": str(tmp_path), "file": str(file)}
+    argv = [a.format(**paths) for a in args]
+    proc = leanpool_cli(*argv)
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+    assert err.startswith("leanpool: error: ")
+    assert message.format(**paths) in err
+    assert not marker.exists(), "nothing may run when the task file is invalid"
+
+
+def test_help_exits_0() -> None:
+    proc = leanpool_cli("run", "--help")
+    assert proc.returncode == 0
+    assert b"--parallel" in proc.stdout
+
+
+def test_progress_bar_on_a_terminal_and_nothing_extra_on_stdout(tmp_path: Path) -> None:
+    tasks = write(tmp_path / "t.jsonl", [{"id": i, "cmd": "true"} for i in range(30)])
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        proc = subprocess.run(
+            [PY, "-m", "leanpool", "run", str(tasks)],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=60,
+        )
+        os.close(follower)
+        follower = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal has no writer left
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    assert b"30/30" in seen
+    assert b"task/s" in seen
+    assert len(records(proc.stdout)) == 30
+
+
+def test_results_stream_before_the_run_ends(tmp_path: Path) -> None:
+    tasks = write(
+        tmp_path / "t.jsonl", [{"id": "fast", "cmd": "true"}, {"id": "slow", "cmd": "sleep 3"}]
+    )
+    proc = subprocess.Popen([PY, "-m", "leanpool", "run", str(tasks)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["id"] == "fast"
+        assert proc.poll() is None, "the first result must arrive while the slow task still runs"
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_closed_stdout_stops_quietly(tmp_path: Path) -> None:
+    tasks = write(tmp_path / "t.jsonl", [{"id": i, "cmd": f"echo {i}"} for i in range(2000)])
+    proc = subprocess.run(
+        f"{PY} -m leanpool run {tasks} | head -n 1", shell=True, capture_output=True, timeout=60
+    )
+    assert len(proc.stdout.splitlines()) == 1
+    assert b"Traceback" not in proc.stderr
