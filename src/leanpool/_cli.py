@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
     try:
         tasks = _copy_stdin(workdir) if args.file == "-" else args.file
         config = options.config(tasks, task_format, ordered=args.ordered, cleanup_dir=workdir)
-        runner = RunnerProcess(config, workdir)
+        runner = RunnerProcess(config, workdir, share_stderr=True)
         bar = _Progress() if show_progress else None
         try:
             for line in runner.lines(on_start=None if bar is None else bar.start):

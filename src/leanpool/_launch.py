@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import subprocess
@@ -57,6 +58,8 @@ _BOOTSTRAP: Final = (
     "import sys;p=type(sys)('leanpool');p.__path__=[sys.argv[1]];sys.modules['leanpool']=p;"
     "from leanpool._runner import main;sys.exit(main(sys.argv[2:]))"
 )
+
+_logger = logging.getLogger("leanpool")
 
 CONTROL_PREFIX: Final = b'{"leanpool":'
 
@@ -148,7 +151,14 @@ class RunnerProcess:
     consumed here and raise on a refused or broken run.  Always ``close()``.
     """
 
-    def __init__(self, config: RunnerConfig, workdir: str) -> None:
+    def __init__(self, config: RunnerConfig, workdir: str, *, share_stderr: bool = False) -> None:
+        """Start the runner.
+
+        Args:
+            share_stderr: let the runner write to our stderr (the CLI: its warnings reach
+                the user as they happen); otherwise it goes to a file, whose lines are
+                logged on the "leanpool" logger at the end and quoted if the runner dies.
+        """
         self.token = secrets.token_hex(8)
         self.total: int | None = None
         self.skipped = 0
@@ -156,8 +166,11 @@ class RunnerProcess:
         self.end: dict[str, object] | None = None
         env = dict(os.environ)
         env[RUN_TOKEN_ENV] = self.token
-        self._stderr_path = os.path.join(workdir, "runner.stderr")
-        with open(self._stderr_path, "wb") as stderr:
+        self._stderr_path = None if share_stderr else os.path.join(workdir, "runner.stderr")
+        with contextlib.ExitStack() as stack:
+            stderr = None
+            if self._stderr_path is not None:
+                stderr = stack.enter_context(open(self._stderr_path, "wb"))
             # No preexec_fn, no setsid: CPython takes its vfork path, so starting the runner
             # does not copy the page tables of a big caller.
             self._proc = subprocess.Popen(
@@ -240,6 +253,8 @@ class RunnerProcess:
 
     def stderr_tail(self) -> str:
         """The last part of the runner's stderr, for error messages."""
+        if self._stderr_path is None:
+            return ""
         try:
             with open(self._stderr_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -269,3 +284,5 @@ class RunnerProcess:
                 with contextlib.suppress(OSError):
                     stream.close()
         proc.wait()
+        for line in self.stderr_tail().splitlines():
+            _logger.warning("%s", line)

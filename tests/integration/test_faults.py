@@ -1,0 +1,325 @@
+"""Faults: timeouts, interrupts, deaths of caller, runner and tasks; nothing may be left.
+
+Tasks write their own pid (and their children's) to files, and each test then proves,
+under a deadline, that none of those processes is alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from leanpool import Result, RunnerCrashed, TaskRunner
+from tests.conftest import (
+    FORKS_GRANDCHILD,
+    IGNORES_TERM,
+    PY,
+    alive,
+    runner_pids,
+    wait_for,
+    wait_gone,
+)
+
+
+def pids_in(directory: Path) -> list[int]:
+    return [int(p) for f in directory.glob("*.pid") for p in f.read_text().split()]
+
+
+def sleeper(pid_dir: Path, name: str, seconds: int = 60) -> str:
+    """A task that records its pid and a grandchild's, then waits on the grandchild."""
+    return f"sleep {seconds} & echo $$ $! > {pid_dir}/{name}.pid; wait"
+
+
+# -- timeouts --------------------------------------------------------------------------
+
+
+def test_timeout_kills_the_whole_group_and_the_run_goes_on(tmp_path: Path) -> None:
+    runner = TaskRunner(2, timeout=0.5)
+    runner.add("hang", f"{FORKS_GRANDCHILD}")
+    runner.add("fine", "echo ok", timeout=10)
+    start = time.monotonic()
+    results = {r.id: r for r in runner.run()}
+    hang = results["hang"]
+    assert hang.timed_out and not hang.ok
+    assert (hang.status, hang.signal) == (-signal.SIGTERM, "SIGTERM")
+    assert results["fine"].ok and not results["fine"].timed_out
+    assert time.monotonic() - start < 5
+    wait_gone([int(hang.stdout)], 2.0)  # the grandchild died with its group
+
+
+def test_timeout_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None:
+    runner = TaskRunner(1, kill_grace=0.3)
+    runner.add("stubborn", f"{IGNORES_TERM} & echo $!; wait", timeout=0.3)
+    (result,) = runner.run()
+    assert result.timed_out
+    assert (result.status, result.signal) == (-signal.SIGKILL, "SIGKILL")
+    assert 0.5 < result.duration < 3
+    wait_gone([int(result.stdout)], 2.0)
+
+
+def test_per_task_timeout_field_in_cli(tmp_path: Path) -> None:
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps({"id": 1, "cmd": "sleep 30", "timeout": 0.2}) + "\n")
+    proc = subprocess.run(
+        [PY, "-m", "leanpool", "run", str(tasks)], capture_output=True, timeout=30
+    )
+    (record,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert record["timed_out"] is True and record["signal"] == "SIGTERM"
+    assert proc.returncode == 1
+
+
+# -- leaving early ---------------------------------------------------------------------
+
+
+def test_break_kills_running_tasks_and_reaps_everything(tmp_path: Path) -> None:
+    runner = TaskRunner(4)
+    runner.add("quick", "true")
+    for i in range(3):
+        runner.add(i, sleeper(tmp_path, str(i)))
+    for result in runner.run():
+        assert result.id == "quick"
+        wait_for(lambda: len(pids_in(tmp_path)) == 6, 5, "sleepers to start")
+        break
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+def test_exception_in_callback_propagates_and_kills_tasks(tmp_path: Path) -> None:
+    runner = TaskRunner(4)
+    runner.add("quick", "true")
+    for i in range(3):
+        runner.add(i, sleeper(tmp_path, str(i)))
+
+    def callback(result: Result, completed: int, total: int) -> None:
+        wait_for(lambda: len(pids_in(tmp_path)) == 6, 5, "sleepers to start")
+        raise LookupError("from the callback")
+
+    start = time.monotonic()
+    with pytest.raises(LookupError, match="from the callback"):
+        runner.run_and_wait(callback)
+    wait_gone(pids_in(tmp_path), 2.0)
+    assert time.monotonic() - start < 5
+
+
+def test_dropping_an_unfinished_run_cleans_up(tmp_path: Path) -> None:
+    runner = TaskRunner(2)
+    runner.add("quick", "true")
+    runner.add("slow", sleeper(tmp_path, "slow"))
+    results = runner.run()
+    next(results)
+    wait_for(lambda: len(pids_in(tmp_path)) == 2, 5, "sleeper to start")
+    del results  # garbage collection closes the generator
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+# -- the caller interrupted or killed --------------------------------------------------
+
+CALLER = textwrap.dedent(
+    """
+    import sys, time
+    from leanpool import TaskRunner
+    pid_dir = sys.argv[1]
+    runner = TaskRunner(4)
+    for i in range(4):
+        runner.add(i, f"sleep 60 & echo $$ $! > {pid_dir}/{i}.pid; wait")
+    try:
+        for result in runner.run():
+            pass
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+        sys.exit(42)
+    """
+)
+
+
+def start_caller(tmp_path: Path, *, session: bool = False) -> subprocess.Popen[bytes]:
+    caller = subprocess.Popen(
+        [PY, "-c", CALLER, str(tmp_path)], stdout=subprocess.PIPE, start_new_session=session
+    )
+    wait_for(lambda: len(pids_in(tmp_path)) == 8, 10, "tasks to start")
+    return caller
+
+
+def runner_of(caller: subprocess.Popen[bytes]) -> int:
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == caller.pid:
+                return int(name)
+    raise AssertionError("the caller has no runner")
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["kill-caller", "terminal-ctrl-c"])
+def test_sigint_in_caller_raises_keyboard_interrupt_and_kills_all(
+    tmp_path: Path, to_group: bool
+) -> None:
+    caller = start_caller(tmp_path, session=to_group)
+    runner = runner_of(caller)
+    start = time.monotonic()
+    if to_group:  # as a terminal does: the caller's whole foreground group gets it
+        os.killpg(caller.pid, signal.SIGINT)
+    else:
+        caller.send_signal(signal.SIGINT)
+    out, _ = caller.communicate(timeout=10)
+    took = time.monotonic() - start
+    assert caller.returncode == 42 and out == b"KeyboardInterrupt\n"
+    assert took < 1.5, f"the caller took {took:.2f} s to raise KeyboardInterrupt"
+    wait_gone([*pids_in(tmp_path), runner], 2.0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_caller_killed_leaves_nothing_behind(
+    tmp_path: Path, private_tmpdir: Path, sig: int
+) -> None:
+    caller = start_caller(tmp_path)
+    runner = runner_of(caller)
+    assert list(private_tmpdir.iterdir()), "the run's private directory exists while it runs"
+    caller.send_signal(sig)
+    caller.communicate(timeout=10)
+    assert caller.returncode == -sig
+    took = wait_gone([*pids_in(tmp_path), runner], 2.0)
+    print(f"everything gone {took:.3f} s after the caller's {signal.Signals(sig).name}")
+    # The runner removes the private directory the dead caller could not.
+    wait_for(lambda: not list(private_tmpdir.iterdir()), 2.0, "the spool to be removed")
+
+
+# -- the runner killed -----------------------------------------------------------------
+
+
+def test_runner_killed_raises_runner_crashed_and_no_task_survives(tmp_path: Path) -> None:
+    runner = TaskRunner(4)
+    runner.add("quick", "true")
+    for i in range(3):
+        runner.add(i, f"setsid sh -c 'sleep 60 & echo $$ $! > {tmp_path}/{i}.pid; wait'")
+    results = runner.run()
+    assert next(results).id == "quick"
+    wait_for(lambda: len(pids_in(tmp_path)) == 6, 5, "tasks to start")
+    (runner_pid,) = runner_pids()
+    os.kill(runner_pid, signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(RunnerCrashed) as info:
+        next(results)
+    assert info.value.returncode == -signal.SIGKILL
+    assert info.value.completed == 1
+    assert "signal SIGKILL" in str(info.value) and "1 task(s) had finished" in str(info.value)
+    # Even descendants that left their task's session are found, by their LEANPOOL_RUN mark.
+    took = wait_gone(pids_in(tmp_path), 2.0)
+    print(f"tasks gone {time.monotonic() - start:.3f} s after the runner's death ({took:.3f})")
+
+
+def test_runner_sigterm_ends_run_with_runner_error(tmp_path: Path) -> None:
+    runner = TaskRunner(2)
+    runner.add("quick", "true")
+    runner.add("slow", sleeper(tmp_path, "slow"))
+    results = runner.run()
+    next(results)
+    wait_for(lambda: len(pids_in(tmp_path)) == 2, 5, "task to start")
+    (runner_pid,) = runner_pids()
+    os.kill(runner_pid, signal.SIGTERM)
+    with pytest.raises(Exception, match="stopped by SIGTERM with 1 task"):
+        next(results)
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+# -- halt and retries ------------------------------------------------------------------
+
+
+def test_halt_soon_lets_running_tasks_finish(tmp_path: Path) -> None:
+    runner = TaskRunner(2, halt=1)
+    runner.add("fails", "exit 1")
+    runner.add("running", "sleep 0.5; echo done")
+    for i in range(10):
+        runner.add(i, "true")
+    results = {r.id: r for r in runner.run()}
+    assert results["running"].stdout == "done\n"
+    assert runner.summary is not None and runner.summary.halted
+    assert runner.summary.unfinished == 12 - len(results)
+    assert len(results) < 12
+
+
+def test_halt_now_kills_running_tasks(tmp_path: Path) -> None:
+    runner = TaskRunner(2, halt=1, halt_now=True)
+    runner.add("slow", sleeper(tmp_path, "slow"))
+    runner.add("fails", "sleep 0.3; exit 1")
+    start = time.monotonic()
+    results = list(runner.run())
+    assert [r.id for r in results] == ["fails"]
+    assert time.monotonic() - start < 3
+    assert runner.summary is not None and runner.summary.unfinished == 1
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+def test_retries_until_success_and_count_attempts(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    flaky = f"echo x >> {counter}; [ $(wc -l < {counter}) -ge 3 ]"
+    runner = TaskRunner(2, retries=3, retry_delay=0.05)
+    runner.add("flaky", flaky)
+    runner.add("hopeless", "exit 5")
+    runner.add("slow", "sleep 5", timeout=0.2)
+    results = {r.id: r for r in runner.run()}
+    assert results["flaky"].ok and results["flaky"].attempts == 3
+    assert results["hopeless"].status == 5 and results["hopeless"].attempts == 4
+    assert results["slow"].timed_out and results["slow"].attempts == 4
+
+
+# -- tasks that cannot start -------------------------------------------------------------
+
+
+def test_tasks_that_cannot_start_fail_clearly_and_the_run_goes_on(tmp_path: Path) -> None:
+    runner = TaskRunner(2)
+    runner.add("missing", ["no-such-program-anywhere"])
+    runner.add("missing-path", ["/no/such/program"])
+    runner.add("not-exec", [str(tmp_path)])
+    runner.add("bad-cwd", "true", cwd=tmp_path / "nowhere")
+    runner.add("nul", ["echo", "a\0b"])
+    runner.add("huge", ["echo", "x" * 200_000])  # over Linux's 128 KiB per argument
+    runner.add("fine", "echo fine")
+    results = {r.id: r for r in runner.run()}
+    assert results["missing"].status == 127
+    assert "No such file or directory" in (results["missing"].error or "")
+    assert results["missing-path"].status == 127
+    assert results["not-exec"].status == 126
+    assert results["bad-cwd"].status == 127 and "cwd" in (results["bad-cwd"].error or "")
+    assert results["nul"].status == 126 and "null byte" in (results["nul"].error or "")
+    assert results["huge"].status == 126 and "too long" in (results["huge"].error or "")
+    assert results["fine"].stdout == "fine\n"
+    assert not any(r.ok for k, r in results.items() if k != "fine")
+
+
+def test_out_of_descriptors_throttles_instead_of_failing(tmp_path: Path) -> None:
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("".join(json.dumps({"id": i, "cmd": f"echo {i}"}) + "\n" for i in range(300)))
+
+    def low_fd_limit() -> None:  # a test-only preexec: the CLI starts with 48 descriptors
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    proc = subprocess.run(
+        [PY, "-m", "leanpool", "run", str(tasks), "-j", "200"],
+        capture_output=True,
+        timeout=60,
+        preexec_fn=low_fd_limit,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(r["id"] for r in records) == list(range(300))
+    assert b"now running at most" in proc.stderr
+
+
+def test_many_tasks_at_once(tmp_path: Path) -> None:
+    runner = TaskRunner(1000)
+    for i in range(1500):
+        runner.add(i, "sleep 0.2")
+    results = list(runner.run())
+    assert len(results) == 1500 and all(r.ok for r in results)
