@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -22,7 +21,6 @@ from tests.conftest import (
     FORKS_GRANDCHILD,
     IGNORES_TERM,
     PY,
-    alive,
     runner_pids,
     wait_for,
     wait_gone,
@@ -48,9 +46,11 @@ def test_timeout_kills_the_whole_group_and_the_run_goes_on(tmp_path: Path) -> No
     start = time.monotonic()
     results = {r.id: r for r in runner.run()}
     hang = results["hang"]
-    assert hang.timed_out and not hang.ok
+    assert hang.timed_out
+    assert not hang.ok
     assert (hang.status, hang.signal) == (-signal.SIGTERM, "SIGTERM")
-    assert results["fine"].ok and not results["fine"].timed_out
+    assert results["fine"].ok
+    assert not results["fine"].timed_out
     assert time.monotonic() - start < 5
     wait_gone([int(hang.stdout)], 2.0)  # the grandchild died with its group
 
@@ -72,7 +72,8 @@ def test_per_task_timeout_field_in_cli(tmp_path: Path) -> None:
         [PY, "-m", "leanpool", "run", str(tasks)], capture_output=True, timeout=30
     )
     (record,) = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert record["timed_out"] is True and record["signal"] == "SIGTERM"
+    assert record["timed_out"] is True
+    assert record["signal"] == "SIGTERM"
     assert proc.returncode == 1
 
 
@@ -172,7 +173,8 @@ def test_sigint_in_caller_raises_keyboard_interrupt_and_kills_all(
         caller.send_signal(signal.SIGINT)
     out, _ = caller.communicate(timeout=10)
     took = time.monotonic() - start
-    assert caller.returncode == 42 and out == b"KeyboardInterrupt\n"
+    assert caller.returncode == 42
+    assert out == b"KeyboardInterrupt\n"
     assert took < 1.5, f"the caller took {took:.2f} s to raise KeyboardInterrupt"
     wait_gone([*pids_in(tmp_path), runner], 2.0)
 
@@ -211,7 +213,8 @@ def test_runner_killed_raises_runner_crashed_and_no_task_survives(tmp_path: Path
         next(results)
     assert info.value.returncode == -signal.SIGKILL
     assert info.value.completed == 1
-    assert "signal SIGKILL" in str(info.value) and "1 task(s) had finished" in str(info.value)
+    assert "signal SIGKILL" in str(info.value)
+    assert "1 task(s) had finished" in str(info.value)
     # Even descendants that left their task's session are found, by their LEANPOOL_RUN mark.
     took = wait_gone(pids_in(tmp_path), 2.0)
     print(f"tasks gone {time.monotonic() - start:.3f} s after the runner's death ({took:.3f})")
@@ -242,7 +245,8 @@ def test_halt_soon_lets_running_tasks_finish(tmp_path: Path) -> None:
         runner.add(i, "true")
     results = {r.id: r for r in runner.run()}
     assert results["running"].stdout == "done\n"
-    assert runner.summary is not None and runner.summary.halted
+    assert runner.summary is not None
+    assert runner.summary.halted
     assert runner.summary.unfinished == 12 - len(results)
     assert len(results) < 12
 
@@ -255,7 +259,8 @@ def test_halt_now_kills_running_tasks(tmp_path: Path) -> None:
     results = list(runner.run())
     assert [r.id for r in results] == ["fails"]
     assert time.monotonic() - start < 3
-    assert runner.summary is not None and runner.summary.unfinished == 1
+    assert runner.summary is not None
+    assert runner.summary.unfinished == 1
     wait_gone(pids_in(tmp_path), 2.0)
 
 
@@ -267,9 +272,12 @@ def test_retries_until_success_and_count_attempts(tmp_path: Path) -> None:
     runner.add("hopeless", "exit 5")
     runner.add("slow", "sleep 5", timeout=0.2)
     results = {r.id: r for r in runner.run()}
-    assert results["flaky"].ok and results["flaky"].attempts == 3
-    assert results["hopeless"].status == 5 and results["hopeless"].attempts == 4
-    assert results["slow"].timed_out and results["slow"].attempts == 4
+    assert results["flaky"].ok
+    assert results["flaky"].attempts == 3
+    assert results["hopeless"].status == 5
+    assert results["hopeless"].attempts == 4
+    assert results["slow"].timed_out
+    assert results["slow"].attempts == 4
 
 
 # -- tasks that cannot start -------------------------------------------------------------
@@ -289,9 +297,12 @@ def test_tasks_that_cannot_start_fail_clearly_and_the_run_goes_on(tmp_path: Path
     assert "No such file or directory" in (results["missing"].error or "")
     assert results["missing-path"].status == 127
     assert results["not-exec"].status == 126
-    assert results["bad-cwd"].status == 127 and "cwd" in (results["bad-cwd"].error or "")
-    assert results["nul"].status == 126 and "null byte" in (results["nul"].error or "")
-    assert results["huge"].status == 126 and "too long" in (results["huge"].error or "")
+    assert results["bad-cwd"].status == 127
+    assert "cwd" in (results["bad-cwd"].error or "")
+    assert results["nul"].status == 126
+    assert "null byte" in (results["nul"].error or "")
+    assert results["huge"].status == 126
+    assert "too long" in (results["huge"].error or "")
     assert results["fine"].stdout == "fine\n"
     assert not any(r.ok for k, r in results.items() if k != "fine")
 
@@ -322,4 +333,5 @@ def test_many_tasks_at_once(tmp_path: Path) -> None:
     for i in range(1500):
         runner.add(i, "sleep 0.2")
     results = list(runner.run())
-    assert len(results) == 1500 and all(r.ok for r in results)
+    assert len(results) == 1500
+    assert all(r.ok for r in results)
