@@ -45,7 +45,7 @@ import traceback
 from typing import TYPE_CHECKING, Final, TypedDict, cast
 
 from ._errors import JournalError, TaskFileError
-from ._journal import Journal, read_journal_ids
+from ._journal import Journal
 from ._spool import TaskFormat, iter_tasks
 from ._supervise import Child, SpawnError, reap_ready, signal_group, spawn
 from ._wire import control_line, decode_output, encode_line
@@ -206,16 +206,14 @@ class _Runner:
         self._install_signals()
         done: set[str | int] = set()
         if config["journal"] is not None:
-            if config["resume"]:
-                done = read_journal_ids(config["journal"])
             self.journal = Journal(config["journal"], resume=config["resume"])
+            done = self.journal.done
         total, skipped = self._validate(done)
         self.to_run = total - skipped
         self._raise_fd_limit()
         self._emit(control_line("start", total=total, skipped=skipped))
         all_tasks = iter_tasks(config["tasks"], config["format"])
         self.tasks = (t for t in all_tasks if t.id not in done) if done else all_tasks
-        del done
         try:
             self._loop()
         finally:

@@ -7,20 +7,28 @@ from typing import TYPE_CHECKING
 import pytest
 
 from leanpool import JournalError
-from leanpool._journal import Journal, read_journal_ids
+from leanpool._journal import Journal
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_missing_journal_is_empty(tmp_path: Path) -> None:
-    assert read_journal_ids(str(tmp_path / "none.jsonl")) == set()
+def done_ids(path: Path) -> set[str | int]:
+    journal = Journal(str(path), resume=True)
+    journal.close()
+    return journal.done
+
+
+def test_missing_journal_is_created_empty(tmp_path: Path) -> None:
+    path = tmp_path / "new.jsonl"
+    assert done_ids(path) == set()
+    assert path.exists()
 
 
 def test_torn_last_line_is_cut_off(tmp_path: Path) -> None:
     path = tmp_path / "j.jsonl"
     path.write_bytes(b'{"id":1,"status":0}\n{"id":"b","status":0}\n{"id":3,"sta')
-    assert read_journal_ids(str(path)) == {1, "b"}
+    assert done_ids(path) == {1, "b"}
     assert path.read_bytes() == b'{"id":1,"status":0}\n{"id":"b","status":0}\n'
 
 
@@ -37,7 +45,7 @@ def test_doubtful_journal_is_refused(tmp_path: Path, content: bytes, message: st
     path = tmp_path / "j.jsonl"
     path.write_bytes(content)
     with pytest.raises(JournalError, match=message):
-        read_journal_ids(str(path))
+        Journal(str(path), resume=True)
     assert path.read_bytes() == content  # refused, and left untouched
 
 
@@ -46,6 +54,17 @@ def test_existing_journal_needs_resume(tmp_path: Path) -> None:
     path.write_bytes(b'{"id":1}\n')
     with pytest.raises(JournalError, match="already holds results"):
         Journal(str(path), resume=False)
+
+
+def test_one_journal_one_run_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("leanpool._journal.JOURNAL_LOCK_WAIT_S", 0.2)
+    first = Journal(str(tmp_path / "j.jsonl"), resume=True)
+    try:
+        with pytest.raises(JournalError, match="in use by another run"):
+            Journal(str(tmp_path / "j.jsonl"), resume=True)
+    finally:
+        first.close()
+    done_ids(tmp_path / "j.jsonl")  # free again
 
 
 def test_failed_write_keeps_earlier_records() -> None:

@@ -1,0 +1,111 @@
+"""Chaos: a few thousand tasks while tasks, runners and callers are killed at random.
+
+Each round resumes the run from its journal; the test ends when a round finishes the
+batch, and the journal must then hold every task id exactly once, each a whole record.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PY, wait_for
+
+TASKS = 3000
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.timeout(240)
+def test_chaos_resume_until_done_records_every_id_once(tmp_path: Path) -> None:
+    rng = random.Random(20261127)
+    tasks = tmp_path / "tasks.jsonl"
+    with tasks.open("w") as f:
+        for i in range(TASKS):
+            cmd = f"sleep 0.0{i % 3 + 1}; echo {i}"  # about 8 s of work at -j 8
+            f.write(json.dumps({"id": i, "cmd": cmd}) + "\n")
+    journal = tmp_path / "journal.jsonl"
+    faults: collections.Counter[str] = collections.Counter()
+    deadline = time.monotonic() + 200
+    rounds = 0
+    while time.monotonic() < deadline:
+        rounds += 1
+        cli = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "leanpool",
+                "run",
+                str(tasks),
+                "-j",
+                "8",
+                "--journal",
+                str(journal),
+                "--resume",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        calm = rounds > 12  # then let a round finish the batch
+        while cli.poll() is None and not calm:
+            time.sleep(rng.uniform(0.05, 0.4))
+            runners = children_of(cli.pid)
+            if cli.poll() is not None or not runners:
+                continue
+            fault = rng.choice(["caller", "runner", "tasks", "tasks", "tasks"])
+            if fault == "caller":
+                cli.kill()
+                faults["caller SIGKILL"] += 1
+                break
+            if fault == "runner":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(runners[0], signal.SIGKILL)
+                    faults["runner SIGKILL"] += 1
+                break
+            victims = children_of(runners[0])
+            for pid in rng.sample(victims, min(3, len(victims))):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(-pid, signal.SIGKILL)  # the task's whole group
+                    faults["task SIGKILL"] += 1
+        _, err = cli.communicate(timeout=60)
+        assert b"Traceback" not in err, err.decode()
+        # A killed caller's runner notices and stops on its own; wait for it to let go.
+        wait_for(lambda: not [p for p in children_of(1) if _is_runner(p)], 5, "orphaned runners")
+        if journal.exists() and journal.read_bytes().count(b"\n") == TASKS:
+            break
+    else:
+        pytest.fail(f"the batch did not finish in {rounds} rounds")
+    ids = [json.loads(line)["id"] for line in journal.read_bytes().splitlines()]
+    counts = collections.Counter(ids)
+    assert sorted(counts) == list(range(TASKS))
+    assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1]
+    print(f"{rounds} rounds, faults injected: {dict(faults)} ({sum(faults.values())} in all)")
+    assert sum(faults.values()) >= 10
+
+
+def _is_runner(pid: int) -> bool:
+    try:
+        return b"leanpool._runner" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
