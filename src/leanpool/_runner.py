@@ -144,7 +144,8 @@ class _Runner:
         self.ordered_pending: dict[int, bytes] = {}
         self.next_emit = 0
         self.journal: Journal | None = None
-        self.base_env = os.environ
+        # Encoded once: os.environ would be decoded and re-encoded at every spawn.
+        self.base_env = dict(os.environb)
         self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.backoff_step = 0
 

@@ -11,7 +11,7 @@ import errno
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RUN_TOKEN_ENV",
     "Child",
+    "Environ",
     "SpawnError",
     "reap_ready",
     "signal_group",
@@ -124,13 +125,17 @@ def _status_for(exc: OSError) -> int:
     return 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
 
 
-def _merged_env(base: Mapping[str, str], extra: dict[str, str | None]) -> dict[str, str]:
+Environ: TypeAlias = "Mapping[bytes, bytes]"
+"""An environment as posix_spawn takes it fastest: bytes to bytes, nothing to encode."""
+
+
+def _merged_env(base: Environ, extra: dict[str, str | None]) -> dict[bytes, bytes]:
     env = dict(base)
     for key, value in extra.items():
         if value is None:
-            env.pop(key, None)
+            env.pop(os.fsencode(key), None)
         else:
-            env[key] = value
+            env[os.fsencode(key)] = os.fsencode(value)
     return env
 
 
@@ -139,7 +144,7 @@ def spawn(
     seq: int,
     attempt: int,
     *,
-    base_env: Mapping[str, str],
+    base_env: Environ,
     home_fd: int,
     output_paths: tuple[str, str] | None = None,
 ) -> Child:
@@ -155,7 +160,7 @@ def spawn(
         OSError: EMFILE, ENFILE or EAGAIN: the runner is out of descriptors or processes,
             and should retry once a running task has finished.
     """
-    env: Mapping[str, str] = base_env if task.env is None else _merged_env(base_env, task.env)
+    env = base_env if task.env is None else _merged_env(base_env, task.env)
     in_r = in_w = -1
     if output_paths is None:
         out_r, out_w = os.pipe()
@@ -216,9 +221,7 @@ def _open_outputs(paths: tuple[str, str]) -> tuple[int, int]:
         raise SpawnError(126, f"cannot open output file {exc.filename!r}: {exc.strerror}") from None
 
 
-def _start(
-    task: Task, env: Mapping[str, str], actions: list[tuple[int, int, int]], home_fd: int
-) -> int:
+def _start(task: Task, env: Environ, actions: list[tuple[int, int, int]], home_fd: int) -> int:
     argv = task.argv
     # The runner is single-threaded, so changing its own directory around the spawn is safe;
     # os.posix_spawn has no chdir file action on the Pythons we support.
