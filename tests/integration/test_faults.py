@@ -12,6 +12,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -335,3 +336,39 @@ def test_many_tasks_at_once(tmp_path: Path) -> None:
     results = list(runner.run())
     assert len(results) == 1500
     assert all(r.ok for r in results)
+
+
+@pytest.fixture
+def pids_cgroup(tmp_path: Path) -> Iterator[Path]:
+    """A cgroup (v1 pids controller) that allows 24 processes: a real process limit."""
+    group = Path("/sys/fs/cgroup/pids") / f"leanpool-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "pids.max").write_text("24")
+    except OSError as exc:
+        pytest.skip(f"no pids cgroup to limit processes with: {exc}")
+    try:
+        yield group
+    finally:
+        wait_for(lambda: not (group / "cgroup.procs").read_text().strip(), 5, "the cgroup to empty")
+        group.rmdir()
+
+
+def test_out_of_processes_throttles_instead_of_failing(tmp_path: Path, pids_cgroup: Path) -> None:
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("".join(json.dumps({"id": i, "cmd": f"echo {i}"}) + "\n" for i in range(300)))
+    procs = pids_cgroup / "cgroup.procs"
+
+    def join_cgroup() -> None:  # a test-only preexec: the CLI and all it starts are limited
+        procs.write_text(str(os.getpid()))
+
+    proc = subprocess.run(
+        [PY, "-m", "leanpool", "run", str(tasks), "-j", "100"],
+        capture_output=True,
+        timeout=60,
+        preexec_fn=join_cgroup,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(r["id"] for r in records) == list(range(300))
+    assert b"Resource temporarily unavailable: now running at most" in proc.stderr
