@@ -113,12 +113,24 @@ def _parser() -> _Parser:
     return parser
 
 
-def _copy_stdin(workdir: str) -> str:
+def _spool_copy(source: IO[bytes], workdir: str) -> str:
+    """Copy a stream into the private spool: the runner reads its task file twice."""
     path = os.path.join(workdir, SPOOL_NAME)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as spool:
-        shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+        shutil.copyfileobj(source, spool, 1 << 20)
     return path
+
+
+def _task_file(name: str, workdir: str) -> str:
+    """The path the runner should read: the file itself, or a spooled copy of a stream."""
+    if name == "-":
+        return _spool_copy(sys.stdin.buffer, workdir)
+    if os.path.isfile(name):
+        return name
+    # A pipe, <(process substitution) or a device can be read only once.
+    with open(name, "rb") as stream:
+        return _spool_copy(stream, workdir)
 
 
 def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
@@ -149,7 +161,7 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     workdir = tempfile.mkdtemp(prefix="leanpool-")
     try:
-        tasks = _copy_stdin(workdir) if args.file == "-" else args.file
+        tasks = _task_file(args.file, workdir)
         config = options.config(tasks, task_format, ordered=args.ordered, cleanup_dir=workdir)
         runner = RunnerProcess(config, workdir, share_stderr=True)
         bar = _Progress() if show_progress else None

@@ -178,3 +178,16 @@ def test_closed_stdout_stops_quietly(tmp_path: Path) -> None:
     )
     assert len(proc.stdout.splitlines()) == 1
     assert b"Traceback" not in proc.stderr
+
+
+def test_a_pipe_is_spooled_since_the_runner_reads_its_file_twice(tmp_path: Path) -> None:
+    fifo = tmp_path / "tasks.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [PY, "-m", "leanpool", "run", "--lines", str(fifo)], stdout=subprocess.PIPE
+    )
+    with fifo.open("w") as writer:  # blocks until the CLI opens it
+        writer.write("echo a\necho b\n")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert sorted(r["stdout"] for r in records(out)) == ["a\n", "b\n"]  # type: ignore[type-var]
