@@ -101,6 +101,7 @@ class TaskRunner:
         self._spool: SpoolWriter | None = None
         self._cleanup: Callable[[], object] | None = None
         self._running = False
+        self._to_run = 0
         self.summary: RunSummary | None = None
         """How the last run ended; None until a run has ended."""
 
@@ -225,7 +226,7 @@ class TaskRunner:
             config = self._options.config(spool.path, "jsonl", ordered=ordered, cleanup_dir=workdir)
             runner = RunnerProcess(config, workdir)
             try:
-                for line in runner.lines():
+                for line in runner.lines(on_start=self._on_start):
                     try:
                         yield result_from_line(line)
                     except ValueError as exc:
@@ -240,6 +241,9 @@ class TaskRunner:
                 cleanup()
             self._running = False
 
+    def _on_start(self, total: int, skipped: int) -> None:
+        self._to_run = total - skipped
+
     def run_and_wait(
         self, callback: Callback | None = None, *, ordered: bool = False
     ) -> RunSummary:
@@ -248,19 +252,18 @@ class TaskRunner:
         Args:
             callback: called as ``callback(result, completed, total)`` for each result,
                 with ``completed`` counting from 1 and ``total`` the number of tasks this
-                run has to run.  An exception it raises stops the run (tasks are killed)
+                run has to run (those added, less those a resumed journal already holds).  An exception it raises stops the run (tasks are killed)
                 and propagates.
             ordered: call back in the order the tasks were added.
 
         Returns:
             How the run ended.
         """
-        total = len(self)
         results = self.run(ordered=ordered)
         with contextlib.closing(results):
             for completed, result in enumerate(results, 1):
                 if callback is not None:
-                    callback(result, completed, total)
+                    callback(result, completed, self._to_run)
         assert self.summary is not None
         return self.summary
 

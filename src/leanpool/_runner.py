@@ -242,6 +242,8 @@ class _Runner:
         poll = self.epoll.poll
         by_fd = self.by_fd
         while True:
+            if self.stop_signal:  # e.g. a Ctrl-C while the task file was being validated
+                self._on_wake()
             if not self.stopping:
                 self._fill()
             if not self.active and (self.stopping or (self.exhausted and not self.pending())):
