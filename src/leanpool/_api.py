@@ -252,8 +252,8 @@ class TaskRunner:
         Args:
             callback: called as ``callback(result, completed, total)`` for each result,
                 with ``completed`` counting from 1 and ``total`` the number of tasks this
-                run has to run (those added, less those a resumed journal already holds).  An exception it raises stops the run (tasks are killed)
-                and propagates.
+                run has to run (those added, less those a resumed journal already holds).
+                An exception it raises stops the run (tasks are killed) and propagates.
             ordered: call back in the order the tasks were added.
 
         Returns:
