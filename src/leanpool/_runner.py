@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import heapq
 import json
 import os
@@ -59,6 +60,11 @@ __all__ = ["RunnerConfig", "main"]
 
 READ_CHUNK: Final = 1 << 16
 """Bytes per read of a task pipe: one pipe buffer on Linux, so one read empties it."""
+
+BIG_PIPE: Final = 1 << 20
+"""Pipe buffer and read size for a stream that filled a whole ``READ_CHUNK`` read: a task
+with big output then costs 16 times fewer reads and wake-ups, and a task with small
+output never pays for the extra fcntl."""
 
 STDIN_CHUNK: Final = 1 << 16
 """Bytes per write to a task's stdin pipe; the pipe is non-blocking, so any size is safe."""
@@ -122,6 +128,7 @@ class _Runner:
         self.epoll = select.epoll()
         self.active: dict[int, Child] = {}  # pid -> unfinished child
         self.by_fd: dict[int, Child] = {}
+        self.big_fds: set[int] = set()
         self.timers: list[tuple[float, int, int, object]] = []
         self.timer_seq = 0
         self.ready: collections.deque[tuple[Task, int, int]] = collections.deque()
@@ -392,9 +399,14 @@ class _Runner:
         child.in_view = None
 
     def _read(self, child: Child, fd: int) -> None:
-        data = os.read(fd, READ_CHUNK)
+        big = fd in self.big_fds
+        data = os.read(fd, BIG_PIPE if big else READ_CHUNK)
         is_out = fd == child.out_fd
         if data:
+            if not big and len(data) == READ_CHUNK:
+                self.big_fds.add(fd)
+                with contextlib.suppress(OSError):  # over the user's pipe quota: keep 64 KiB
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, BIG_PIPE)
             cap = self.config["max_output"]
             if is_out:
                 if cap is not None and child.out_size + len(data) > cap:
@@ -409,15 +421,19 @@ class _Runner:
                 child.err_size += len(data)
                 child.err_chunks.append(data)
             return
-        self.epoll.unregister(fd)
-        del self.by_fd[fd]
-        os.close(fd)
+        self._close_pipe(fd)
         if is_out:
             child.out_fd = -1
         else:
             child.err_fd = -1
         if child.finished:
             self._complete(child)
+
+    def _close_pipe(self, fd: int) -> None:
+        self.epoll.unregister(fd)
+        del self.by_fd[fd]
+        self.big_fds.discard(fd)
+        os.close(fd)
 
     def _on_wake(self) -> None:
         try:
@@ -569,9 +585,7 @@ class _Runner:
             # escaped the group cannot keep the runner waiting for EOF.
             for fd in (child.out_fd, child.err_fd):
                 if fd >= 0:
-                    self.epoll.unregister(fd)
-                    del self.by_fd[fd]
-                    os.close(fd)
+                    self._close_pipe(fd)
             child.out_fd = child.err_fd = -1
             signal_group(child.pid, signal.SIGTERM)
             self._add_timer(now + INTERRUPT_GRACE_S, _KILL, child)
