@@ -123,3 +123,11 @@ def no_leaks() -> Iterator[None]:
     except ChildProcessError:
         info = None
     assert info is None, f"test left an unreaped child: pid {info.si_pid}"
+
+
+@pytest.fixture(params=["pidfd", "sigchld"])
+def exit_watch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with both ways the runner learns of exits (our own switch, not a mock)."""
+    if request.param == "sigchld":
+        monkeypatch.setenv("LEANPOOL_NO_PIDFD", "1")
+    return str(request.param)

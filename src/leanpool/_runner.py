@@ -6,7 +6,7 @@
     TaskRunner.add() ──► spool.jsonl ─┐
     TaskRunner.run() ──► spawn ───────┴─► validate, then stream spool ─► posix_spawn ─► sh -c CMD
                          stdin pipe ─────► EOF: caller gone, kill all       (own session each)
-    Result ◄── decode ◄─ stdout JSONL ◄── one epoll loop ◄────────────── pipes, SIGCHLD
+    Result ◄── decode ◄─ stdout JSONL ◄── one epoll loop ◄────────────── pipes, pidfds
                                           └─► journal (O_APPEND, fsync'd)
 
 The caller starts this module with ``sys.executable -I -S`` through a bootstrap that
@@ -18,9 +18,11 @@ Its memory does not grow with the number of tasks: it holds the running tasks on
 One epoll loop does everything, without a sleep-and-poll tick:
 
 - the task pipes are drained as they become readable, so no output size can deadlock;
-- SIGCHLD wakes the loop through ``signal.set_wakeup_fd``, and ``waitpid(-1, WNOHANG)``
-  reaps every exited child; a task is finished when its status is reaped *and* both of its
-  pipes reached EOF;
+- a task is finished when both of its pipes reached EOF *and* its status is reaped.  A
+  child closes its pipes by exiting, so one ``waitpid(pid, WNOHANG)`` at EOF nearly always
+  reaps it; for the rest (and for tasks whose output goes to files) a pidfd joins the
+  epoll set.  On kernels without pidfds, SIGCHLD wakes the loop through
+  ``signal.set_wakeup_fd`` and ``waitpid(-1, WNOHANG)`` reaps;
 - a heap of deadlines drives timeouts (SIGTERM to the task's group, SIGKILL after the
   grace period), retry delays, and back-off when out of descriptors or processes;
 - EOF on stdin means the caller is gone; SIGINT, SIGTERM and SIGHUP mean stop.  Either way
@@ -48,7 +50,15 @@ from typing import TYPE_CHECKING, Final, TypedDict, cast
 from ._errors import JournalError, TaskFileError
 from ._journal import Journal
 from ._spool import TaskFormat, iter_tasks
-from ._supervise import Child, SpawnError, reap_ready, signal_group, spawn
+from ._supervise import (
+    Child,
+    SpawnError,
+    pidfds_work,
+    reap_ready,
+    signal_group,
+    spawn,
+    try_reap,
+)
 from ._wire import control_line, decode_output, encode_line
 
 if TYPE_CHECKING:
@@ -81,9 +91,10 @@ BACKOFF_S: Final = (0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 2.0, 2.0)
 """Waits before trying again to start a task when the system is out of descriptors or
 processes and no running task can free any; after the last one the task fails."""
 
-_TERM, _KILL, _RETRY, _WAKE = range(4)  # timer kinds
+_TERM, _KILL, _RETRY, _WAKE, _REAP = range(5)  # timer kinds
 EPOLLIN: Final = select.EPOLLIN
 EPOLLOUT: Final = select.EPOLLOUT
+EPOLLHUP: Final = select.EPOLLHUP
 
 
 class RunnerConfig(TypedDict):
@@ -155,6 +166,7 @@ class _Runner:
         self.base_env = dict(os.environb)
         self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.backoff_step = 0
+        self.pidfds = pidfds_work()
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -164,7 +176,8 @@ class _Runner:
         os.set_blocking(wake_w, False)
         self.wake_r = wake_r
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, _ignore_signal)
+        if not self.pidfds:
+            signal.signal(signal.SIGCHLD, _ignore_signal)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             # A signal ignored by whoever started us stays ignored, as shells do.
             if signal.getsignal(sig) is not signal.SIG_IGN:
@@ -255,13 +268,15 @@ class _Runner:
                 self._fill()
             if not self.active and (self.stopping or (self.exhausted and not self.pending())):
                 return
-            for fd, _events in poll(self._poll_timeout()):
+            for fd, events in poll(self._poll_timeout()):
                 child = by_fd.get(fd)
                 if child is not None:
-                    if fd == child.in_fd:
+                    if fd == child.exit_fd:
+                        self._on_exit(child)
+                    elif fd == child.in_fd:
                         self._write_stdin(child)
                     else:
-                        self._read(child, fd)
+                        self._read(child, fd, events)
                 elif fd == self.wake_r:
                     self._on_wake()
                 elif fd == 0:
@@ -339,6 +354,8 @@ class _Runner:
             register(child.out_fd, EPOLLIN)
             self.by_fd[child.err_fd] = child
             register(child.err_fd, EPOLLIN)
+        else:  # output goes to files: only its exit can tell us it is done
+            self._await_exit(child)
         if child.in_fd >= 0:
             self.by_fd[child.in_fd] = child
             self._write_stdin(child, registered=False)
@@ -388,49 +405,83 @@ class _Runner:
             return
         except BrokenPipeError:
             pass  # the task does not read its stdin: not an error of ours
-        if registered:
-            self.epoll.unregister(child.in_fd)
         self._close_stdin(child)
 
     def _close_stdin(self, child: Child) -> None:
-        del self.by_fd[child.in_fd]
-        os.close(child.in_fd)
+        self._close_pipe(child.in_fd)  # leaves the epoll set, if it was in it, by closing
         child.in_fd = -1
         child.in_view = None
 
-    def _read(self, child: Child, fd: int) -> None:
-        big = fd in self.big_fds
-        data = os.read(fd, BIG_PIPE if big else READ_CHUNK)
-        is_out = fd == child.out_fd
-        if data:
-            if not big and len(data) == READ_CHUNK:
-                self.big_fds.add(fd)
-                with contextlib.suppress(OSError):  # over the user's pipe quota: keep 64 KiB
-                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, BIG_PIPE)
-            cap = self.config["max_output"]
-            if is_out:
-                if cap is not None and child.out_size + len(data) > cap:
-                    data = data[: max(0, cap - child.out_size)]
-                    child.out_truncated = True
-                child.out_size += len(data)
-                child.out_chunks.append(data)
-            else:
-                if cap is not None and child.err_size + len(data) > cap:
-                    data = data[: max(0, cap - child.err_size)]
-                    child.err_truncated = True
-                child.err_size += len(data)
-                child.err_chunks.append(data)
-            return
+    def _read(self, child: Child, fd: int, events: int) -> None:
+        if events & EPOLLIN:
+            big = fd in self.big_fds
+            size = BIG_PIPE if big else READ_CHUNK
+            data = os.read(fd, size)
+            if data:
+                if not big and len(data) == READ_CHUNK:
+                    self.big_fds.add(fd)
+                    with contextlib.suppress(OSError):  # over the user's pipe quota: keep 64 KiB
+                        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, BIG_PIPE)
+                self._keep(child, fd == child.out_fd, data)
+                # With EPOLLHUP no writer is left; a short read then emptied the pipe, so
+                # this was the last of it and a read for EOF would only cost a wake-up.
+                if not events & EPOLLHUP or len(data) == size:
+                    return
+        # EPOLLHUP without EPOLLIN: no writer and nothing buffered, EOF without a read.
         self._close_pipe(fd)
-        if is_out:
+        if fd == child.out_fd:
             child.out_fd = -1
         else:
             child.err_fd = -1
-        if child.finished:
+        if child.pipes_closed:
+            if child.status is None:
+                self._await_exit(child)
+            else:
+                self._complete(child)
+
+    def _await_exit(self, child: Child) -> None:
+        """Finish a child whose pipes are closed, as soon as it has exited.
+
+        Usually it already has (closing its pipes was part of exiting): one waitpid.
+        Otherwise a pidfd wakes the loop when it does, or SIGCHLD where there are none.
+        """
+        status = try_reap(child.pid)
+        if status is not None:
+            child.status = status
             self._complete(child)
+        elif self.pidfds:
+            try:
+                child.exit_fd = os.pidfd_open(child.pid)
+            except OSError:  # out of descriptors: look again shortly
+                self._add_timer(time.monotonic() + 0.01, _REAP, child)
+                return
+            self.by_fd[child.exit_fd] = child
+            self.epoll.register(child.exit_fd, EPOLLIN)
+
+    def _on_exit(self, child: Child) -> None:
+        self._close_pipe(child.exit_fd)
+        child.exit_fd = -1
+        self._await_exit(child)
+
+    def _keep(self, child: Child, is_out: bool, data: bytes) -> None:
+        cap = self.config["max_output"]
+        if is_out:
+            if cap is not None and child.out_size + len(data) > cap:
+                data = data[: max(0, cap - child.out_size)]
+                child.out_truncated = True
+            child.out_size += len(data)
+            child.out_chunks.append(data)
+        else:
+            if cap is not None and child.err_size + len(data) > cap:
+                data = data[: max(0, cap - child.err_size)]
+                child.err_truncated = True
+            child.err_size += len(data)
+            child.err_chunks.append(data)
 
     def _close_pipe(self, fd: int) -> None:
-        self.epoll.unregister(fd)
+        # No epoll.unregister: closing the only descriptor of a pipe end removes it from
+        # the epoll set.  Our read ends are the only ones: they are close-on-exec, and
+        # posix_spawn returns only after the child's exec closed its copies.
         del self.by_fd[fd]
         self.big_fds.discard(fd)
         os.close(fd)
@@ -446,13 +497,15 @@ class _Runner:
             _warn(f"{self.stopped_by}: stopping every task")
             self.stop_signal = 0
             self._stop(interrupted=True)
+        if self.pidfds:
+            return
         active = self.active
         for pid, status in reap_ready():
             child = active.get(pid)
             if child is None:
                 continue
             child.status = status
-            if child.finished:
+            if child.pipes_closed:
                 self._complete(child)
 
     def _on_control(self) -> None:
@@ -482,7 +535,10 @@ class _Runner:
             assert isinstance(child, Child)
             if self.active.get(child.pid) is not child:
                 continue  # finished meanwhile
-            if kind == _TERM:
+            if kind == _REAP:
+                if child.exit_fd < 0:
+                    self._await_exit(child)
+            elif kind == _TERM:
                 child.timed_out = not child.abandoned
                 signal_group(child.pid, signal.SIGTERM)
                 grace = INTERRUPT_GRACE_S if child.abandoned else self.config["kill_grace"]
@@ -495,8 +551,10 @@ class _Runner:
     def _complete(self, child: Child) -> None:
         del self.active[child.pid]
         if child.in_fd >= 0:
-            self.epoll.unregister(child.in_fd)
             self._close_stdin(child)
+        if child.exit_fd >= 0:
+            self._close_pipe(child.exit_fd)
+            child.exit_fd = -1
         if child.abandoned:
             return
         status = child.status
@@ -591,6 +649,8 @@ class _Runner:
             self._add_timer(now + INTERRUPT_GRACE_S, _KILL, child)
             if child.status is not None:
                 self._complete(child)
+            elif child.exit_fd < 0:
+                self._await_exit(child)
 
     def _kill_all(self) -> None:
         """Last resort on the way out: no task group outlives the runner."""

@@ -18,7 +18,7 @@ def run_all(runner: TaskRunner, **kw: bool) -> dict[str | int, Result]:
     return {result.id: result for result in runner.run(**kw)}
 
 
-def test_original_readme_example() -> None:
+def test_original_readme_example(exit_watch: str) -> None:
     """100 tasks `echo i`: outputs sum to 4950; the callback counts 1..100 of 100."""
     runner = TaskRunner(8)
     for i in range(100):
@@ -45,7 +45,7 @@ def test_original_deadlock_example_finishes() -> None:
     assert result.stdout_bytes == b"\0" * (64 * 1024 + 1)
 
 
-def test_megabytes_of_stdout_and_stderr_both_arrive_whole() -> None:
+def test_megabytes_of_stdout_and_stderr_both_arrive_whole(exit_watch: str) -> None:
     runner = TaskRunner(4)
     runner.add("out", FLOODS_STDOUT)
     runner.add("err", f"{FLOODS_STDOUT} >&2")
@@ -69,7 +69,7 @@ def test_non_utf8_bytes_round_trip_exactly() -> None:
     assert results["err"].stderr_bytes == b"caf\xe9\n"
 
 
-def test_exit_codes_and_signal_deaths() -> None:
+def test_exit_codes_and_signal_deaths(exit_watch: str) -> None:
     runner = TaskRunner(4)
     runner.add("zero", "true")
     runner.add("three", "exit 3")
@@ -93,7 +93,7 @@ def test_argv_tasks_get_no_shell_interpretation(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_stdin_env_and_cwd(tmp_path: Path) -> None:
+def test_stdin_env_and_cwd(tmp_path: Path, exit_watch: str) -> None:
     workdir = tmp_path / "work"
     workdir.mkdir()
     (workdir / "here.txt").write_text("x")
@@ -186,7 +186,7 @@ def test_max_output_caps_and_flags() -> None:
     assert not results["small"].stdout_truncated
 
 
-def test_output_dir_keeps_huge_output_out_of_memory(tmp_path: Path) -> None:
+def test_output_dir_keeps_huge_output_out_of_memory(tmp_path: Path, exit_watch: str) -> None:
     tmp_path = tmp_path / "out"
     tmp_path.mkdir()
     runner = TaskRunner(2, output_dir=tmp_path)
@@ -272,3 +272,12 @@ def test_runner_imports_nothing_but_the_standard_library() -> None:
     assert not foreign, foreign
     assert "leanpool._api" not in modules
     assert "tqdm" not in modules
+
+
+def test_task_that_closes_its_pipes_before_exiting(exit_watch: str) -> None:
+    """EOF on both pipes does not mean the task is done: its status must still be waited for."""
+    runner = TaskRunner(2)
+    runner.add("late", "exec >&- 2>&-; sleep 0.3; exit 7")
+    (result,) = runner.run()
+    assert result.status == 7
+    assert result.duration >= 0.3

@@ -40,7 +40,7 @@ def sleeper(pid_dir: Path, name: str, seconds: int = 60) -> str:
 # -- timeouts --------------------------------------------------------------------------
 
 
-def test_timeout_kills_the_whole_group_and_the_run_goes_on(tmp_path: Path) -> None:
+def test_timeout_kills_the_whole_group_and_the_run_goes_on(tmp_path: Path, exit_watch: str) -> None:
     runner = TaskRunner(2, timeout=0.5)
     runner.add("hang", f"{FORKS_GRANDCHILD}")
     runner.add("fine", "echo ok", timeout=10)
@@ -81,7 +81,7 @@ def test_per_task_timeout_field_in_cli(tmp_path: Path) -> None:
 # -- leaving early ---------------------------------------------------------------------
 
 
-def test_break_kills_running_tasks_and_reaps_everything(tmp_path: Path) -> None:
+def test_break_kills_running_tasks_and_reaps_everything(tmp_path: Path, exit_watch: str) -> None:
     runner = TaskRunner(4)
     runner.add("quick", "true")
     for i in range(3):
@@ -252,7 +252,7 @@ def test_halt_soon_lets_running_tasks_finish(tmp_path: Path) -> None:
     assert len(results) < 12
 
 
-def test_halt_now_kills_running_tasks(tmp_path: Path) -> None:
+def test_halt_now_kills_running_tasks(tmp_path: Path, exit_watch: str) -> None:
     runner = TaskRunner(2, halt=1, halt_now=True)
     runner.add("slow", sleeper(tmp_path, "slow"))
     runner.add("fails", "sleep 0.3; exit 1")
@@ -329,7 +329,7 @@ def test_out_of_descriptors_throttles_instead_of_failing(tmp_path: Path) -> None
     assert b"now running at most" in proc.stderr
 
 
-def test_many_tasks_at_once(tmp_path: Path) -> None:
+def test_many_tasks_at_once(tmp_path: Path, exit_watch: str) -> None:
     runner = TaskRunner(1000)
     for i in range(1500):
         runner.add(i, "sleep 0.2")
