@@ -23,6 +23,7 @@ import os
 import secrets
 import subprocess
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Final
 
@@ -137,6 +138,21 @@ class RunOptions:
         }
 
 
+_live_runners: weakref.WeakSet[RunnerProcess] = weakref.WeakSet()
+
+
+def _forget_runners_in_fork_child() -> None:
+    # A process forked from the caller (multiprocessing, os.fork) would inherit the write
+    # end of each runner's stdin, and keep it open after the caller died: the runner
+    # would never see EOF.  The fork child has no business with our runners.
+    for runner in list(_live_runners):
+        runner._drop_after_fork()
+    _live_runners.clear()
+
+
+os.register_at_fork(after_in_child=_forget_runners_in_fork_child)
+
+
 def runner_command(config: RunnerConfig) -> list[str]:
     """The argv that starts a runner: the caller's own interpreter, isolated (-I) and
     without site-packages (-S), so that it starts fast and imports nothing of the caller."""
@@ -184,6 +200,13 @@ class RunnerProcess:
             )
         self._stdout: IO[bytes] = self._proc.stdout  # type: ignore[assignment]
         self.pid = self._proc.pid
+        _live_runners.add(self)
+
+    def _drop_after_fork(self) -> None:
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    os.close(stream.fileno())
 
     def lines(self, on_start: Callable[[int, int], None] | None = None) -> Iterator[bytes]:
         """Yield each result line; return after the end record.

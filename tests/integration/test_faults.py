@@ -372,3 +372,35 @@ def test_out_of_processes_throttles_instead_of_failing(tmp_path: Path, pids_cgro
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert sorted(r["id"] for r in records) == list(range(300))
     assert b"Resource temporarily unavailable: now running at most" in proc.stderr
+
+
+def test_a_fork_of_the_caller_does_not_keep_the_runner_alive(tmp_path: Path) -> None:
+    """The caller's forked children must not hold the pipe whose EOF tells the runner to stop."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from leanpool import TaskRunner
+        runner = TaskRunner(2)
+        runner.add(1, "true")
+        runner.add(2, "sleep 60 & echo $$ $! > {tmp_path}/t.pid; wait")
+        results = runner.run()
+        next(results)
+        if os.fork() == 0:  # a long-lived child of the caller, as multiprocessing makes
+            time.sleep(30)
+            os._exit(0)
+        print("forked", flush=True)
+        time.sleep(30)
+        """
+    )
+    caller = subprocess.Popen([PY, "-c", script], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline() == b"forked\n"
+        wait_for(lambda: len(pids_in(tmp_path)) == 2, 10, "the task to start")
+        runner = runner_of(caller)
+        caller.kill()
+        caller.wait(timeout=10)
+        wait_gone([*pids_in(tmp_path), runner], 3.0)
+    finally:
+        os.killpg(caller.pid, signal.SIGKILL)  # the forked child
+        caller.communicate(timeout=10)
