@@ -67,27 +67,8 @@ def test_chaos_resume_until_done_records_every_id_once(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        calm = rounds > 12  # then let a round finish the batch
-        while cli.poll() is None and not calm:
-            time.sleep(rng.uniform(0.05, 0.4))
-            runners = children_of(cli.pid)
-            if cli.poll() is not None or not runners:
-                continue
-            fault = rng.choice(["caller", "runner", "tasks", "tasks", "tasks"])
-            if fault == "caller":
-                cli.kill()
-                faults["caller SIGKILL"] += 1
-                break
-            if fault == "runner":
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(runners[0], signal.SIGKILL)
-                    faults["runner SIGKILL"] += 1
-                break
-            victims = children_of(runners[0])
-            for pid in rng.sample(victims, min(3, len(victims))):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(-pid, signal.SIGKILL)  # the task's whole group
-                    faults["task SIGKILL"] += 1
+        if rounds <= 12:  # then let a round finish the batch
+            inject_faults(cli, rng, faults)
         _, err = cli.communicate(timeout=60)
         assert b"Traceback" not in err, err.decode()
         # A killed caller's runner notices and stops on its own; wait for it to let go.
@@ -101,7 +82,32 @@ def test_chaos_resume_until_done_records_every_id_once(tmp_path: Path) -> None:
     assert sorted(counts) == list(range(TASKS))
     assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1]
     print(f"{rounds} rounds, faults injected: {dict(faults)} ({sum(faults.values())} in all)")
-    assert sum(faults.values()) >= 10
+    assert faults["caller SIGKILL"] + faults["runner SIGKILL"] >= 10
+
+
+def inject_faults(
+    cli: subprocess.Popen[bytes], rng: random.Random, faults: collections.Counter[str]
+) -> None:
+    """Kill a few tasks' groups at random moments, then the caller or its runner."""
+    wait_for(lambda: cli.poll() is not None or bool(children_of(cli.pid)), 10, "a runner")
+    for _ in range(rng.randint(0, 3)):
+        time.sleep(rng.uniform(0.05, 0.2))
+        for runner in children_of(cli.pid):
+            victims = children_of(runner)
+            for pid in rng.sample(victims, min(3, len(victims))):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(-pid, signal.SIGKILL)  # the task's whole group
+                    faults["task SIGKILL"] += 1
+    time.sleep(rng.uniform(0.05, 0.3))
+    if rng.random() < 0.5:
+        if cli.poll() is None:
+            cli.kill()
+            faults["caller SIGKILL"] += 1
+        return
+    for runner in children_of(cli.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(runner, signal.SIGKILL)
+            faults["runner SIGKILL"] += 1
 
 
 def _is_runner(pid: int) -> bool:
