@@ -7,13 +7,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from pathlib import Path
 
 PY = sys.executable
 
@@ -76,6 +73,21 @@ def leanpool_cli(
         timeout=timeout,
         cwd=cwd,
     )
+
+
+def holders_of(path: Path) -> list[int]:
+    """Pids of the processes that have path open (e.g. the runner writing a journal)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = [fd.readlink() for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if path in links:
+            found.append(int(proc.name))
+    return found
 
 
 def runner_pids() -> list[int]:

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from typing import IO, TYPE_CHECKING, NoReturn
@@ -122,15 +123,26 @@ def _spool_copy(source: IO[bytes], workdir: str) -> str:
     return path
 
 
-def _task_file(name: str, workdir: str) -> str:
-    """The path the runner should read: the file itself, or a spooled copy of a stream."""
+def _open_task_file(name: str) -> IO[bytes]:
+    """Open the task file once, or say in one line why it cannot be read."""
     if name == "-":
-        return _spool_copy(sys.stdin.buffer, workdir)
-    if os.path.isfile(name):
+        return sys.stdin.buffer
+    try:
+        return open(name, "rb")  # the caller closes it
+    except OSError as exc:
+        raise _UsageError(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _task_file(name: str, stream: IO[bytes], workdir: str) -> str:
+    """The path the runner should read: the file itself, or a spooled copy of a stream.
+
+    A pipe, <(process substitution), stdin or a device can be read only once, and the
+    runner reads its task file twice; it is opened here only once, since even opening a
+    FIFO to check it would consume its writer's one chance to be read.
+    """
+    if name != "-" and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
         return name
-    # A pipe, <(process substitution) or a device can be read only once.
-    with open(name, "rb") as stream:
-        return _spool_copy(stream, workdir)
+    return _spool_copy(stream, workdir)
 
 
 def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
@@ -150,18 +162,15 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
         resume=args.resume,
     )
     task_format: TaskFormat = "lines" if args.lines else "jsonl"
-    if args.file != "-":
-        try:
-            with open(args.file, "rb"):
-                pass
-        except OSError as exc:
-            raise _UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-        if os.path.isdir(args.file):
-            raise _UsageError(f"cannot read {args.file}: Is a directory")
+    source = _open_task_file(args.file)
+    if os.path.isdir(args.file):  # Linux opens a directory read-only without complaint
+        source.close()
+        raise _UsageError(f"cannot read {args.file}: Is a directory")
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     workdir = tempfile.mkdtemp(prefix="leanpool-")
     try:
-        tasks = _task_file(args.file, workdir)
+        with source:
+            tasks = _task_file(args.file, source, workdir)
         config = options.config(tasks, task_format, ordered=args.ordered, cleanup_dir=workdir)
         runner = RunnerProcess(config, workdir, share_stderr=True)
         bar = _Progress() if show_progress else None

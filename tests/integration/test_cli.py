@@ -186,8 +186,10 @@ def test_a_pipe_is_spooled_since_the_runner_reads_its_file_twice(tmp_path: Path)
     proc = subprocess.Popen(
         [PY, "-m", "leanpool", "run", "--lines", str(fifo)], stdout=subprocess.PIPE
     )
-    with fifo.open("w") as writer:  # blocks until the CLI opens it
-        writer.write("echo a\necho b\n")
-    out, _ = proc.communicate(timeout=60)
+    try:
+        with fifo.open("w") as writer:  # blocks until the CLI opens it
+            writer.write("echo a\necho b\n")
+    finally:
+        out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert sorted(r["stdout"] for r in records(out)) == ["a\n", "b\n"]  # type: ignore[type-var]

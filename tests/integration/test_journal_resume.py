@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from leanpool import JournalError, LeanpoolError, Result, TaskFileError, TaskRunner
-from tests.conftest import PY, leanpool_cli, runner_pids, wait_for
+from tests.conftest import PY, holders_of, leanpool_cli, runner_pids, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -48,7 +48,7 @@ def test_resume_after_the_caller_is_killed(tmp_path: Path) -> None:
     wait_for(lambda: journal.exists() and journal.read_bytes().count(b"\n") >= 10, 20, "10 results")
     cli.send_signal(signal.SIGKILL)
     cli.wait(timeout=10)
-    wait_for(lambda: not runner_pids_anywhere(journal), 3, "the orphaned runner to stop")
+    wait_for(lambda: not holders_of(journal), 3, "the orphaned runner to stop")
     first = journal_ids(journal)  # every line a whole record
     assert 10 <= len(first) < 60
 
@@ -58,20 +58,6 @@ def test_resume_after_the_caller_is_killed(tmp_path: Path) -> None:
     assert not set(printed) & set(first), "old results must not be printed again"
     final = journal_ids(journal)
     assert sorted(final) == sorted(f"t{i}" for i in range(60))  # each id exactly once
-
-
-def runner_pids_anywhere(journal: Path) -> bool:
-    """Whether any process still has the journal open (the runner of a killed CLI)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            links = [fd.readlink() for fd in (proc / "fd").iterdir()]
-        except OSError:
-            continue
-        if journal in links:
-            return True
-    return False
 
 
 def test_torn_last_line_is_rerun(tmp_path: Path) -> None:
