@@ -12,7 +12,7 @@ import signal
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -308,25 +308,32 @@ def test_tasks_that_cannot_start_fail_clearly_and_the_run_goes_on(tmp_path: Path
     assert not any(r.ok for k, r in results.items() if k != "fine")
 
 
-def test_out_of_descriptors_throttles_instead_of_failing(tmp_path: Path) -> None:
+def run_300_echo_tasks_under(
+    tmp_path: Path, limit: Callable[[], None], jobs: int
+) -> subprocess.CompletedProcess[bytes]:
+    """The CLI on 300 tasks, with a limit applied to it (and all it starts) by a preexec."""
     tasks = tmp_path / "t.jsonl"
     tasks.write_text("".join(json.dumps({"id": i, "cmd": f"echo {i}"}) + "\n" for i in range(300)))
-
-    def low_fd_limit() -> None:  # a test-only preexec: the CLI starts with 48 descriptors
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
-
     proc = subprocess.run(
-        [PY, "-m", "leanpool", "run", str(tasks), "-j", "200"],
+        [PY, "-m", "leanpool", "run", str(tasks), "-j", str(jobs)],
         capture_output=True,
         timeout=60,
-        preexec_fn=low_fd_limit,
+        preexec_fn=limit,
     )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert sorted(r["id"] for r in records) == list(range(300))
-    assert b"now running at most" in proc.stderr
+    return proc
+
+
+def test_out_of_descriptors_throttles_instead_of_failing(tmp_path: Path) -> None:
+    def low_fd_limit() -> None:  # the CLI starts with 48 descriptors, and cannot raise it
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    proc = run_300_echo_tasks_under(tmp_path, low_fd_limit, jobs=200)
+    assert b"Too many open files: now running at most" in proc.stderr
 
 
 def test_many_tasks_at_once(tmp_path: Path, exit_watch: str) -> None:
@@ -355,22 +362,12 @@ def pids_cgroup(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_out_of_processes_throttles_instead_of_failing(tmp_path: Path, pids_cgroup: Path) -> None:
-    tasks = tmp_path / "t.jsonl"
-    tasks.write_text("".join(json.dumps({"id": i, "cmd": f"echo {i}"}) + "\n" for i in range(300)))
     procs = pids_cgroup / "cgroup.procs"
 
-    def join_cgroup() -> None:  # a test-only preexec: the CLI and all it starts are limited
+    def join_cgroup() -> None:  # the CLI and all it starts may have 24 processes at once
         procs.write_text(str(os.getpid()))
 
-    proc = subprocess.run(
-        [PY, "-m", "leanpool", "run", str(tasks), "-j", "100"],
-        capture_output=True,
-        timeout=60,
-        preexec_fn=join_cgroup,
-    )
-    assert proc.returncode == 0, proc.stderr
-    records = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert sorted(r["id"] for r in records) == list(range(300))
+    proc = run_300_echo_tasks_under(tmp_path, join_cgroup, jobs=100)
     assert b"Resource temporarily unavailable: now running at most" in proc.stderr
 
 
