@@ -408,7 +408,7 @@ class _Runner:
         self._close_stdin(child)
 
     def _close_stdin(self, child: Child) -> None:
-        self._close_pipe(child.in_fd)  # leaves the epoll set, if it was in it, by closing
+        self._close_pipe(child.in_fd)
         child.in_fd = -1
         child.in_view = None
 
@@ -479,9 +479,14 @@ class _Runner:
             child.err_chunks.append(data)
 
     def _close_pipe(self, fd: int) -> None:
-        # No epoll.unregister: closing the only descriptor of a pipe end removes it from
-        # the epoll set.  Our read ends are the only ones: they are close-on-exec, and
-        # posix_spawn returns only after the child's exec closed its copies.
+        # Unregister before closing: closing our descriptor does not always remove it from
+        # the epoll set.  A task started a moment ago may still hold a copy of it, since
+        # the vfork parent resumes at exec_mmap, before the child closes its
+        # close-on-exec descriptors; the registration would then outlive our close and
+        # report a later pipe that reuses the number as hung up (it did, in the
+        # benchmark: a few results in a thousand came back empty).
+        with contextlib.suppress(OSError):
+            self.epoll.unregister(fd)
         del self.by_fd[fd]
         self.big_fds.discard(fd)
         os.close(fd)

@@ -281,3 +281,14 @@ def test_task_that_closes_its_pipes_before_exiting(exit_watch: str) -> None:
     (result,) = runner.run()
     assert result.status == 7
     assert result.duration >= 0.3
+
+
+def test_thousands_of_results_are_each_exact(exit_watch: str) -> None:
+    """Regression test: a stale epoll registration of a closed pipe (the vfork child held
+    a copy a moment longer) made a later task that reused the number look hung up, and
+    a few results in a thousand came back empty."""
+    runner = TaskRunner(16)
+    for i in range(2000):  # tasks of uneven length, so that pipes close amid new spawns
+        runner.add(i, f"sleep 0.00$(($$ % 9)); echo {i}")
+    wrong = [r for r in runner.run() if r.stdout != f"{r.id}\n" or r.status != 0]
+    assert wrong == []
