@@ -223,7 +223,9 @@ class TaskRunner:
                 self.summary = RunSummary(0, 0, 0, 0, 0, halted=False)
                 return
             spool.finish()
-            config = self._options.config(spool.path, "jsonl", ordered=ordered, cleanup_dir=workdir)
+            config = self._options.config(
+                spool.path, "jsonl", ordered=ordered, cleanup_dir=workdir, spill_dir=workdir
+            )
             runner = RunnerProcess(config, workdir)
             try:
                 for line in runner.lines(on_start=self._on_start):

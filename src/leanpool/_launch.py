@@ -115,7 +115,13 @@ class RunOptions:
             raise ValueError(f"output_dir {self.output_dir!r} is not a directory")
 
     def config(
-        self, tasks: str, task_format: TaskFormat, *, ordered: bool, cleanup_dir: str | None
+        self,
+        tasks: str,
+        task_format: TaskFormat,
+        *,
+        ordered: bool,
+        cleanup_dir: str | None,
+        spill_dir: str | None = None,
     ) -> RunnerConfig:
         """The runner's config for one run of this task file; paths made absolute, since
         the runner resolves nothing against the caller's later working directory."""
@@ -135,6 +141,7 @@ class RunOptions:
             "resume": self.resume,
             "ordered": ordered,
             "cleanup_dir": cleanup_dir,
+            "spill_dir": spill_dir,
         }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import os
 from dataclasses import dataclass, field
 from typing import final
 
@@ -49,20 +50,18 @@ class Result:
     stderr_file: str | None = None
     stdout_b64: str | None = field(default=None, repr=False)
     stderr_b64: str | None = field(default=None, repr=False)
+    stdout_raw: bytes | None = field(default=None, repr=False, compare=False)
+    stderr_raw: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def stdout_bytes(self) -> bytes:
         """The task's stdout exactly as it wrote it."""
-        if self.stdout_b64 is not None:
-            return binascii.a2b_base64(self.stdout_b64)
-        return self.stdout.encode("utf-8")
+        return _exact(self.stdout, self.stdout_b64, self.stdout_raw)
 
     @property
     def stderr_bytes(self) -> bytes:
         """The task's stderr exactly as it wrote it."""
-        if self.stderr_b64 is not None:
-            return binascii.a2b_base64(self.stderr_b64)
-        return self.stderr.encode("utf-8")
+        return _exact(self.stderr, self.stderr_b64, self.stderr_raw)
 
     def check(self) -> Result:
         """Return self if the task succeeded, else raise TaskFailed.
@@ -81,6 +80,14 @@ class Result:
         else:
             reason = f"exit status {self.status}"
         raise TaskFailed(self.id, self.status, reason)
+
+
+def _exact(text: str, b64: str | None, raw: bytes | None) -> bytes:
+    if raw is not None:
+        return raw
+    if b64 is not None:
+        return binascii.a2b_base64(b64)
+    return text.encode("utf-8")
 
 
 @final
@@ -114,11 +121,13 @@ def result_from_line(line: bytes) -> Result:
     """
     record = json.loads(line)
     try:
+        stdout, stdout_raw = _output(record, "stdout")
+        stderr, stderr_raw = _output(record, "stderr")
         return Result(
             id=record["id"],
             status=record["status"],
-            stdout=record["stdout"],
-            stderr=record["stderr"],
+            stdout=stdout,
+            stderr=stderr,
             ok=record["ok"],
             duration=record["duration"],
             timed_out=record.get("timed_out", False),
@@ -131,6 +140,29 @@ def result_from_line(line: bytes) -> Result:
             stderr_file=record.get("stderr_file"),
             stdout_b64=record.get("stdout_b64"),
             stderr_b64=record.get("stderr_b64"),
+            stdout_raw=stdout_raw,
+            stderr_raw=stderr_raw,
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a result record: missing or bad {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"its spilled output cannot be read: {exc}") from None
+
+
+def _output(record: dict[str, object], name: str) -> tuple[str, bytes | None]:
+    """A stream's text, and its exact bytes when the runner spilled it to a file.
+
+    A spill file is read once and removed: it exists only to carry this one result.
+    """
+    spill = record.get(name + "_spill")
+    if spill is None:
+        text = record[name]
+        if not isinstance(text, str):
+            raise TypeError(name)
+        return text, None
+    if not isinstance(spill, str):
+        raise TypeError(name + "_spill")
+    with open(spill, "rb") as f:
+        data = f.read()
+    os.unlink(spill)
+    return data.decode("utf-8", "replace"), data

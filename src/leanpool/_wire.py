@@ -75,6 +75,8 @@ class ResultRecord(TypedDict, total=False):
     stderr_truncated: bool
     stdout_file: str
     stderr_file: str
+    stdout_spill: str
+    stderr_spill: str
     timed_out: bool
     signal: str
     attempts: int

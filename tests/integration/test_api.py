@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import base64
+import json
 import os
 import stat
 import sys
@@ -292,3 +294,23 @@ def test_thousands_of_results_are_each_exact(exit_watch: str) -> None:
         runner.add(i, f"sleep 0.00$(($$ % 9)); echo {i}")
     wrong = [r for r in runner.run() if r.stdout != f"{r.id}\n" or r.status != 0]
     assert wrong == []
+
+
+def test_big_outputs_travel_as_files_and_arrive_exact(tmp_path: Path, private_tmpdir: Path) -> None:
+    """Outputs of 64 KiB and more skip JSON: the runner spills them to the run's private
+    directory, and the caller reads and removes each file as it builds the Result."""
+    journal = tmp_path / "journal.jsonl"
+    runner = TaskRunner(2, journal=journal)
+    script = "import sys; sys.stdout.buffer.write(bytes(range(256)) * 1000)"
+    runner.add("binary", [PY, "-c", script])
+    runner.add("text", "head -c 200000 /dev/zero | tr '\\0' y; echo small >&2")
+    results = run_all(runner)
+    assert results["binary"].stdout_bytes == bytes(range(256)) * 1000
+    assert results["binary"].stdout.count("\ufffd") == 128 * 1000
+    assert results["text"].stdout == "y" * 200_000
+    assert results["text"].stderr == "small\n"
+    # The journal keeps every byte inline, since it must outlive the run's files.
+    records = {r["id"]: r for r in map(json.loads, journal.read_text().splitlines())}
+    assert records["text"]["stdout"] == "y" * 200_000
+    assert "stdout_spill" not in records["text"]
+    assert base64.b64decode(records["binary"]["stdout_b64"]) == bytes(range(256)) * 1000
