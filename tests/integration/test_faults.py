@@ -177,7 +177,8 @@ def test_sigint_in_caller_raises_keyboard_interrupt_and_kills_all(
     assert caller.returncode == 42
     assert out == b"KeyboardInterrupt\n"
     assert took < 1.5, f"the caller took {took:.2f} s to raise KeyboardInterrupt"
-    wait_gone([*pids_in(tmp_path), runner], 2.0)
+    gone = wait_gone([*pids_in(tmp_path), runner], 2.0)
+    print(f"KeyboardInterrupt after {took:.3f} s, everything gone {gone:.3f} s later")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
