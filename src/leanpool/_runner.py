@@ -385,7 +385,7 @@ class _Runner:
 
     def _unstarted(self, task: Task, seq: int, attempt: int, status: int, error: str) -> None:
         """The result of a task that could not start, unless it has retries left."""
-        if self._retry(task, seq, attempt, ok=False):
+        if self._retry(task, seq, attempt):
             return
         record: dict[str, object] = {
             "id": task.id,
@@ -575,7 +575,7 @@ class _Runner:
         status = child.status
         assert status is not None
         ok = status == 0 and not child.timed_out
-        if self._retry(child.task, child.seq, child.attempt, ok):
+        if not ok and self._retry(child.task, child.seq, child.attempt):
             return
         record: dict[str, object] = {
             "id": child.task.id,
@@ -602,12 +602,19 @@ class _Runner:
                 _spill_output(record, "stdout", out, base)
                 _spill_output(record, "stderr", err, base)
             else:
-                _put_output(record, "stdout", out)
-                _put_output(record, "stderr", err)
-        self._finish(self._finish_fields(record, child, status), child.seq, ok, journal_line)
+                record["stdout"], out_b64 = decode_output(out)
+                record["stderr"], err_b64 = decode_output(err)
+                if out_b64 is not None:
+                    record["stdout_b64"] = out_b64
+                if err_b64 is not None:
+                    record["stderr_b64"] = err_b64
+        if not ok or child.attempt > 1 or child.out_truncated or child.err_truncated:
+            self._finish_fields(record, child, status)
+        self._finish(record, child.seq, ok, journal_line)
 
     @staticmethod
     def _finish_fields(record: dict[str, object], child: Child, status: int) -> dict[str, object]:
+        """Add the fields that only say something when a task failed or was cut short."""
         if child.out_truncated:
             record["stdout_truncated"] = True
         if child.err_truncated:
@@ -620,9 +627,9 @@ class _Runner:
             record["attempts"] = child.attempt
         return record
 
-    def _retry(self, task: Task, seq: int, attempt: int, ok: bool) -> bool:
+    def _retry(self, task: Task, seq: int, attempt: int) -> bool:
         """Schedule another attempt of a failed task if it has retries left."""
-        if ok or attempt > self.config["retries"] or self.stopping:
+        if attempt > self.config["retries"] or self.stopping:
             return False
         self.retries_pending += 1
         when = time.monotonic() + self.config["retry_delay"]
@@ -706,6 +713,9 @@ class _Runner:
             os.set_blocking(1, True)
         while self.out_pos < len(buf):
             try:
+                if not self.out_pos:
+                    self.out_pos = os.write(1, buf)
+                    continue
                 with memoryview(buf) as view:  # released at once, so buf may grow again
                     self.out_pos += os.write(1, view[self.out_pos :])
             except BlockingIOError:
