@@ -110,13 +110,19 @@ def test_exception_in_callback_propagates_and_kills_tasks(tmp_path: Path) -> Non
     assert time.monotonic() - start < 5
 
 
-def test_dropping_an_unfinished_run_cleans_up(tmp_path: Path) -> None:
+def run_with_a_sleeper_started(tmp_path: Path) -> Iterator[Result]:
+    """A run that has given its first result and has a sleeper (and its child) running."""
     runner = TaskRunner(2)
     runner.add("quick", "true")
     runner.add("slow", sleeper(tmp_path, "slow"))
     results = runner.run()
-    next(results)
-    wait_for(lambda: len(pids_in(tmp_path)) == 2, 5, "sleeper to start")
+    assert next(results).id == "quick"
+    wait_for(lambda: len(pids_in(tmp_path)) == 2, 5, "the sleeper to start")
+    return results
+
+
+def test_dropping_an_unfinished_run_cleans_up(tmp_path: Path) -> None:
+    results = run_with_a_sleeper_started(tmp_path)
     del results  # garbage collection closes the generator
     wait_gone(pids_in(tmp_path), 2.0)
 
@@ -223,12 +229,7 @@ def test_runner_killed_raises_runner_crashed_and_no_task_survives(tmp_path: Path
 
 
 def test_runner_sigterm_ends_run_with_runner_error(tmp_path: Path) -> None:
-    runner = TaskRunner(2)
-    runner.add("quick", "true")
-    runner.add("slow", sleeper(tmp_path, "slow"))
-    results = runner.run()
-    next(results)
-    wait_for(lambda: len(pids_in(tmp_path)) == 2, 5, "task to start")
+    results = run_with_a_sleeper_started(tmp_path)
     (runner_pid,) = runner_pids()
     os.kill(runner_pid, signal.SIGTERM)
     with pytest.raises(Exception, match="stopped by SIGTERM with 1 task"):
