@@ -32,6 +32,9 @@ class Result:
         error: why the task could not start, if it could not.
         stdout_truncated, stderr_truncated: output beyond ``max_output`` was dropped.
         stdout_file, stderr_file: where the output went, with ``output_dir``.
+        stdout_b64, stderr_b64, stdout_raw, stderr_raw: how the exact bytes arrived (base64
+            in the JSON, or a spill file); read them through ``stdout_bytes`` and
+            ``stderr_bytes``.
     """
 
     id: str | int
