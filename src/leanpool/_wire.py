@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import binascii
 import json
-from typing import Final, Literal, TypedDict
+from typing import Final, Literal
 
 __all__ = [
     "PROTOCOL_VERSION",
-    "EndRecord",
-    "FatalRecord",
-    "ResultRecord",
-    "StartRecord",
     "control_line",
     "decode_output",
     "encode_line",
@@ -34,53 +30,6 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 """Bumped on any change a reader of version N could misread; new optional result fields
 do not bump it (readers ignore fields they do not know)."""
-
-
-class StartRecord(TypedDict):
-    leanpool: Literal["start"]
-    protocol: int
-    total: int
-    skipped: int
-
-
-class EndRecord(TypedDict):
-    leanpool: Literal["end"]
-    protocol: int
-    completed: int
-    failed: int
-    unfinished: int
-    halted: bool
-    interrupted: bool
-    stopped_by: str | None
-
-
-class FatalRecord(TypedDict, total=False):
-    leanpool: Literal["fatal"]
-    protocol: int
-    error: Literal["task_file", "journal", "runner"]
-    message: str
-    line: int
-
-
-class ResultRecord(TypedDict, total=False):
-    id: str | int
-    status: int
-    ok: bool
-    duration: float
-    stdout: str
-    stderr: str
-    stdout_b64: str
-    stderr_b64: str
-    stdout_truncated: bool
-    stderr_truncated: bool
-    stdout_file: str
-    stderr_file: str
-    stdout_spill: str
-    stderr_spill: str
-    timed_out: bool
-    signal: str
-    attempts: int
-    error: str
 
 
 _encode_compact: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
