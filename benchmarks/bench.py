@@ -8,8 +8,17 @@ The question leanpool answers is what a *big* caller pays to start a task.  So t
 caller first grows a realistic heap (many small, touched Python objects, the kind whose
 page tables a fork must copy), then runs the same tasks with each method, side by side
 in the same process, round-robin over the repeats so that the machine's drift hits all
-methods alike.  Every run is checked (every task ran, exited 0 and gave the expected
-output) and the harness stops loudly if one is not.
+methods alike.
+
+Every result is checked against its own task, as results stream in (see ``Checker``):
+each task's output starts with its index, and a result must name a task of the run that
+gave no result before (by its id for leanpool, by the command it ran for the pools in
+the caller, by that index for the external tools and the C ceiling), have exited 0, and
+carry its task's exact stdout and an empty stderr; every task must give exactly one
+result.  A method that fails this is not reported: the harness stops with
+``VERIFICATION FAILED`` and the first bad results.  ``--selfcheck`` proves in a few
+seconds that wrong result sets (all labelled id 0, swapped, missing, duplicated, ...)
+are refused.
 
 Per method and caller size it prints tasks per second, the ratio to the best method,
 the caller's own CPU time per task (what the program doing the work cannot use), the
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -30,6 +40,7 @@ import os
 import platform
 import random
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -40,10 +51,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 
 def _source_dir(argv: list[str]) -> str | None:
@@ -62,9 +73,8 @@ if SOURCE_DIR is not None:
     sys.path.insert(0, SOURCE_DIR)
 elif importlib.util.find_spec("leanpool") is None:  # a bare checkout: use its source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-
-import leanpool  # noqa: E402
-from leanpool import Result, TaskRunner  # noqa: E402
+# leanpool itself is imported by main() (machine_info), before anything is timed, and not
+# here: --selfcheck and --report work whatever state the package is in.
 
 HERE: Final = Path(__file__).resolve().parent
 BUILD_DIR: Final = HERE / "_build"
@@ -124,7 +134,13 @@ def reset_peak() -> None:
 
 
 def find_runner() -> int | None:
-    """The pid of the leanpool runner among the caller's children, if it runs yet."""
+    """The pid of the leanpool runner among the caller's children, if it runs yet: the
+    child whose command line names leanpool._runner, or has the imported package's
+    directory as one of its arguments (how the runner is told where to import from)."""
+    marks = [b"leanpool._runner"]
+    module = sys.modules.get("leanpool")
+    if module is not None and module.__file__:
+        marks.append(b"\0" + os.path.dirname(module.__file__).encode() + b"\0")
     for children in Path("/proc/self/task").glob("*/children"):
         try:
             pids = children.read_text().split()
@@ -135,7 +151,7 @@ def find_runner() -> int | None:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"leanpool._runner" in cmdline:
+            if any(mark in cmdline for mark in marks):
                 return int(pid)
     return None
 
@@ -219,117 +235,304 @@ class Heap:
         return time.perf_counter() - start
 
 
-# -- workloads -----------------------------------------------------------------------------
-
-
-@dataclass
-class Tally:
-    """What a method's run produced, reduced as it streams so the caller keeps nothing."""
-
-    count: int = 0
-    total: int = 0
-    failures: int = 0
-    wrong: int = 0
-    runner_peak_kb: int | None = None
-    watch_cpu_s: float = 0.0
-    examples: list[str] = field(default_factory=list)
-    """What the first bad results looked like, for the error message."""
-
-    def add(self, status: int, value: int, each: int | None) -> None:
-        """Count one task's result: its exit status and the number its output stands for."""
-        self.count += 1
-        self.total += value
-        if status != 0:
-            self.failures += 1
-        if each is not None and value != each:
-            self.wrong += 1
-
-    def take(
-        self, wl: Workload, status: int, output: bytes | str, describe: Callable[[], str]
-    ) -> None:
-        """Count one task's raw result; keep a description of the first few bad ones."""
-        try:
-            value = wl.digest(output)
-        except ValueError:
-            value = None
-        bad = status != 0 or value is None or (wl.each is not None and value != wl.each)
-        if bad and len(self.examples) < 5:
-            self.examples.append(describe())
-        if value is None:
-            self.count += 1
-            self.wrong += 1
-            self.failures += status != 0
-        else:
-            self.add(status, value, wl.each)
+# -- workloads and the checks of their results ----------------------------------------------
 
 
 @dataclass(frozen=True)
 class Workload:
-    """The tasks of one workload and how to check their output.
+    """The tasks of one workload, and what each task must print.
 
-    ``kind`` "int": each task prints its index, and the outputs must sum to 0+1+..+n-1;
-    "len": each task writes ``each`` bytes, counted per task where the method can.
+    Task i prints exactly ``head(i)`` and then ``body``: ``"i\\n"`` for echo and sleep,
+    ``"@task i\\n"`` and then the same bytes for every task for bigout.  So every
+    output names its task, and each method's results can be checked one by one
+    against the task they claim to come from, even from a stream that merges them
+    (for that, the prefix's first byte must not occur in the body: "@" is in neither
+    bigout body, so a memchr finds every head).
     """
 
     name: str
     commands: list[str]
-    kind: Literal["int", "len"]
-    each: int | None = None
+    prefix: str = ""
+    body: bytes = b""
 
-    def digest(self, output: bytes | str) -> int:
-        """The number one task's output stands for."""
-        return int(output) if self.kind == "int" else len(output)
+    def head(self, index: int) -> bytes:
+        """The first line task ``index`` prints: the name of its task."""
+        return f"{self.prefix}{index}\n".encode()
 
-    def expected_total(self, n: int) -> int:
-        """What the digests of the first n tasks must add up to."""
-        return n * (n - 1) // 2 if self.kind == "int" else n * (self.each or 0)
+    def output_ok(
+        self, index: int, output: bytes | bytearray, start: int = 0, end: int | None = None
+    ) -> bool:
+        """Whether ``output[start:end]`` is exactly what task ``index`` prints, compared
+        in place (a stream's buffer is not copied)."""
+        end = len(output) if end is None else end
+        head = self.head(index)
+        return (
+            end - start == len(head) + len(self.body)
+            and output.startswith(head, start, end)
+            and output.endswith(self.body, start, end)
+        )
 
-    def verify(self, tally: Tally, n: int, method: str) -> None:
-        """Raise VerificationError unless the run of the first n tasks was complete and right."""
+    def parse_head(self, line: bytes) -> int | None:
+        """The index a head line (newline included) names; None if it is no head."""
+        prefix = self.prefix.encode()
+        if not line.startswith(prefix) or not line.endswith(b"\n"):
+            return None
+        digits = line[len(prefix) : -1]
+        if not digits.isdigit() or (len(digits) > 1 and digits.startswith(b"0")):
+            return None
+        return int(digits)
+
+    def output_bytes(self, n: int) -> int:
+        """Bytes the first n tasks print together."""
+        return sum(len(self.head(i)) for i in range(n)) + n * len(self.body)
+
+
+MAX_HEAD: Final = 48
+"""Bytes a head line takes at most (a prefix of a few bytes, 20 digits, a newline)."""
+
+
+class Checker:
+    """Checks every result of one run against its own task, as the results stream in.
+
+    A result names its task (its id, or the index its output starts with) and must come
+    from a task of this run that gave no result before, exit 0, and carry its task's
+    exact stdout and an empty stderr; in the end every task must have given exactly one
+    result.  Only counts and the first few bad results are kept: a run of a million
+    tasks costs a million bytes.
+    """
+
+    EXAMPLES: Final = 5
+
+    def __init__(self, workload: Workload, n: int) -> None:
+        self.workload = workload
+        self.n = n
+        self.count = 0
+        self.seen = bytearray(n)
+        self.problems: dict[str, int] = {}
+        self.examples: list[str] = []
+        self.merged_bytes: int | None = None
+        """For a merged stream: the bytes it carried, checked against all outputs' sum."""
+        self.runner_peak_kb: int | None = None
+        self.watch_cpu_s = 0.0
+
+    def _bad(self, problem: str, describe: Callable[[], str]) -> None:
+        self.problems[problem] = self.problems.get(problem, 0) + 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(f"{problem}: {describe()}")
+
+    def claim(self, task_id: object, describe: Callable[[], str]) -> int | None:
+        """Count one result for the task its id names; return the task's index when
+        that is a task of this run with no result yet."""
+        self.count += 1
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < self.n:
+            self._bad("whose id names no task of this run", describe)
+            return None
+        if self.seen[task_id]:
+            self._bad("whose id already had a result", describe)
+            return None
+        self.seen[task_id] = 1
+        return task_id
+
+    def add(
+        self,
+        task_id: object,
+        status: int,
+        stdout: bytes | bytearray,
+        stderr: bytes,
+        describe: Callable[[], str],
+        ok: bool = True,
+        span: tuple[int, int] | None = None,
+    ) -> None:
+        """Check one result against the task its id names; its stdout is
+        ``stdout[span[0]:span[1]]`` when a span is given."""
+        index = self.claim(task_id, describe)
+        if index is None:
+            return
+        if status != 0 or not ok:
+            self._bad("whose task failed (status not 0, or not ok)", describe)
+        elif not self.workload.output_ok(index, stdout, *(span or (0, None))):
+            self._bad("whose stdout is not their task's", describe)
+        elif stderr:
+            self._bad("with output on stderr", describe)
+
+    def verify(self, method: str) -> None:
+        """Raise VerificationError unless every task gave exactly one right result."""
         problems = []
-        if tally.count != n:
-            problems.append(f"{tally.count} results for {n} tasks")
-        if tally.failures:
-            problems.append(f"{tally.failures} tasks failed")
-        if tally.wrong:
-            problems.append(f"{tally.wrong} tasks gave the wrong number of bytes")
-        expected = self.expected_total(n)
-        if tally.total != expected:
-            problems.append(f"outputs add up to {tally.total}, expected {expected}")
+        if self.count != self.n:
+            problems.append(f"{self.count} results for {self.n} tasks")
+        missing = self.seen.count(0)
+        if missing:
+            first: list[str] = []
+            at = self.seen.find(0)
+            while at >= 0 and len(first) < 10:
+                first.append(str(at))
+                at = self.seen.find(0, at + 1)
+            more = ", ..." if missing > len(first) else ""
+            problems.append(f"{missing} tasks gave no result (ids {', '.join(first)}{more})")
+        problems.extend(
+            f"{k} result{'s' * (k != 1)} {problem}" for problem, k in self.problems.items()
+        )
+        if self.merged_bytes is not None:
+            expected = self.workload.output_bytes(self.n)
+            if self.merged_bytes != expected:
+                problems.append(f"the merged output has {self.merged_bytes} bytes, not {expected}")
         if problems:
-            examples = "".join(f"\n  bad result: {e}" for e in tally.examples)
-            raise VerificationError(f"{method} on {self.name}: " + "; ".join(problems) + examples)
+            examples = "".join(f"\n  bad result: {e}" for e in self.examples)
+            raise VerificationError(
+                f"{method} on {self.workload.name}: " + "; ".join(problems) + examples
+            )
 
 
-def make_workload(name: str, n: int, seed: int, bigout_bytes: int, bigout_file: str) -> Workload:
+def _describe_output(
+    what: str, status: int | None, stdout: bytes | bytearray, stderr: bytes, start: int = 0
+) -> str:
+    status_text = "" if status is None else f"status {status}, "
+    head = bytes(stdout[start : start + 80])
+    return f"{what}: {status_text}stdout {head!r}, stderr {stderr[:300]!r}"
+
+
+def check_records(checker: Checker, chunks: Iterable[bytes], source: str) -> None:
+    """Check a stream of records ``"INDEX STATUS OUTBYTES ERRBYTES\\n"`` + stdout + stderr
+    (the ceiling's), one per task, each against the task its INDEX names."""
+    buf, pos, offset = bytearray(), 0, 0
+    for chunk in chunks:
+        buf += chunk
+        while (nl := buf.find(b"\n", pos)) >= 0:
+            header = bytes(buf[pos:nl])
+            try:
+                index, status, n_out, n_err = (int(x) for x in header.split())
+                if n_out < 0 or n_err < 0:
+                    raise ValueError
+            except ValueError:
+                raise VerificationError(
+                    f"{source}: no record header at byte {offset + pos}: {header[:80]!r}"
+                ) from None
+            start = nl + 1
+            split = start + n_out
+            end = split + n_err
+            if len(buf) < end:
+                break
+            err = bytes(buf[split:end])
+            what = f"record {index}"
+            describe = functools.partial(_describe_output, what, status, buf, err, start)
+            checker.add(index, status, buf, err, describe, span=(start, split))
+            pos = end
+        del buf[:pos]
+        offset += pos
+        pos = 0
+    if buf:
+        raise VerificationError(f"{source}: the stream ends inside a record: {bytes(buf[:80])!r}")
+
+
+def check_grouped(checker: Checker, chunks: Iterable[bytes], source: str) -> None:
+    """Check a stream of whole task outputs, one after another, each against the task
+    its head names.
+
+    GNU parallel groups each task's output; xargs's tasks of echo and sleep each print
+    one line of a few bytes, one write that a pipe keeps whole.  Neither reports a
+    task's exit status: the tool's own exit status, checked by ``_external``, says
+    whether any task failed.
+    """
+    wl = checker.workload
+    buf, pos, offset = bytearray(), 0, 0
+    for chunk in chunks:
+        buf += chunk
+        while (nl := buf.find(b"\n", pos)) >= 0:
+            end = nl + 1 + len(wl.body)
+            if len(buf) < end:
+                break
+            head = bytes(buf[pos : nl + 1])
+            index = wl.parse_head(head)
+            if index is None:
+                raise VerificationError(
+                    f"{source}: no task's output starts at byte {offset + pos}: {head[:80]!r}"
+                )
+            what = f"output of {index}"
+            describe = functools.partial(_describe_output, what, None, buf, b"", pos)
+            checker.add(index, 0, buf, b"", describe, span=(pos, end))
+            pos = end
+        del buf[:pos]
+        offset += pos
+        pos = 0
+    if buf:
+        raise VerificationError(f"{source}: the stream ends inside an output: {bytes(buf[:80])!r}")
+
+
+def check_merged(checker: Checker, chunks: Iterable[bytes], source: str) -> None:
+    """Check one pipe that all tasks wrote into at once (xargs on bigout).
+
+    Outputs bigger than a pipe's atomic write interleave there, so they cannot be told
+    apart.  But each head is one short write, which the pipe keeps whole: every task's
+    head must be there exactly once, every byte that starts a head must start a whole
+    one, and the stream must carry exactly the bytes of all outputs together.  The
+    bodies themselves cannot be checked one by one.
+    """
+    wl = checker.workload
+    first = wl.prefix.encode()[:1]
+    if not first or first in wl.body:
+        raise ValueError("a merged stream needs heads that start with a byte no body has")
+    total, carry = 0, b""
+    for chunk in chunks:
+        data = carry + chunk if carry else chunk
+        base = total - len(carry)
+        total += len(chunk)
+        carry = b""
+        at = data.find(first)
+        while at >= 0:
+            nl = data.find(b"\n", at, at + MAX_HEAD)
+            if nl < 0 and len(data) - at < MAX_HEAD:
+                carry = data[at:]  # a head cut by the end of this read: the next one ends it
+                break
+            index = None if nl < 0 else wl.parse_head(data[at : nl + 1])
+            if index is None:
+                raise VerificationError(
+                    f"{source}: no head at byte {base + at}: {data[at : at + MAX_HEAD]!r}"
+                )
+            checker.claim(index, functools.partial(str, f"head of {index} at byte {base + at}"))
+            at = data.find(first, nl + 1)
+    if carry:
+        raise VerificationError(f"{source}: the stream ends inside a head: {carry!r}")
+    checker.merged_bytes = total
+
+
+def bigout_text(size: int) -> bytes:
+    """What a bigout task prints after its head by default: text lines, as real tools."""
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-leanpool-benchmark\n"
+    return (line * (size // len(line) + 1))[:size]
+
+
+def make_workload(
+    name: str,
+    n: int,
+    seed: int,
+    bigout_bytes: int = 0,
+    bigout_file: str = "",
+    bigout_source: str = "text",
+) -> Workload:
     """Build the n commands of a workload; the sleep durations are seeded, so every
-    method and every repeat runs exactly the same tasks."""
+    method and every repeat runs exactly the same tasks.
+
+    bigout writes its text to ``bigout_file`` first, for its tasks to cat.  With
+    ``bigout_source`` "zero" the tasks run ``head -c SIZE /dev/zero`` instead: NUL bytes,
+    the worst case for a JSON transport, which escapes each one as six characters.
+    """
     if name in ("echo", "memory"):
-        return Workload(name, [f"echo {i}" for i in range(n)], "int")
+        return Workload(name, [f"echo {i}" for i in range(n)])
     if name == "sleep":
         rng = random.Random(seed)
         # 1 to 10 ms, as the original's benchmark: dash has no sleep builtin, so each
         # task is two processes (sh and sleep).
-        return Workload(
-            name, [f"sleep 0.{rng.randint(1, 10):03d} && echo {i}" for i in range(n)], "int"
-        )
+        return Workload(name, [f"sleep 0.{rng.randint(1, 10):03d} && echo {i}" for i in range(n)])
     if name == "bigout":
-        return Workload(name, [f"cat {bigout_file}"] * n, "len", each=bigout_bytes)
+        # echo is a builtin and exec replaces the shell: the head costs no extra process.
+        if bigout_source == "zero":
+            writer, body = f"head -c {bigout_bytes} /dev/zero", bytes(bigout_bytes)
+        else:
+            body = bigout_text(bigout_bytes)
+            Path(bigout_file).write_bytes(body)
+            writer = f"cat {shlex.quote(bigout_file)}"
+        return Workload(name, [f"echo @task {i}; exec {writer}" for i in range(n)], "@task ", body)
     raise ValueError(f"unknown workload {name!r}")
-
-
-def write_bigout_source(path: str, size: int, source: str) -> str:
-    """The file each bigout task cats: text lines by default (what real tools print).
-
-    With source "zero" the tasks run ``head -c SIZE /dev/zero`` instead: NUL bytes, the
-    worst case for a JSON transport, which escapes each one as six characters.
-    """
-    if source == "zero":
-        return path
-    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-leanpool-benchmark\n"
-    data = (line * (size // len(line) + 1))[:size]
-    Path(path).write_bytes(data)
-    return path
 
 
 # -- the methods ---------------------------------------------------------------------------
@@ -348,55 +551,63 @@ class Job:
     ceiling: str | None
 
 
-def _describe(done: subprocess.CompletedProcess[bytes]) -> str:
-    return (
-        f"{done.args!r}: status {done.returncode}, stdout {done.stdout[:80]!r}, "
-        f"stderr {done.stderr[:300]!r}"
+def _describe(index: int, done: subprocess.CompletedProcess[bytes]) -> str:
+    return _describe_output(
+        f"task {index} {done.args!r}", done.returncode, done.stdout, done.stderr
     )
+
+
+def _take_completed(checker: Checker, index: int, done: subprocess.CompletedProcess[bytes]) -> None:
+    describe = functools.partial(_describe, index, done)
+    checker.add(index, done.returncode, done.stdout, done.stderr, describe)
 
 
 def _noop() -> None:
     """A preexec_fn that does nothing but force CPython's fork path."""
 
 
-def run_forloop(job: Job) -> Tally:
+def run_forloop(job: Job) -> Checker:
     """One subprocess.run after another: no pool at all."""
-    tally, wl = Tally(), job.workload
-    for cmd in job.commands:
+    checker = Checker(job.workload, len(job.commands))
+    for i, cmd in enumerate(job.commands):
         done = subprocess.run(cmd, shell=True, capture_output=True, check=False)
-        tally.take(wl, done.returncode, done.stdout, functools.partial(_describe, done))
-    return tally
+        _take_completed(checker, i, done)
+    return checker
 
 
-def _threads(job: Job, preexec: Callable[[], None] | None) -> Tally:
-    tally, wl = Tally(), job.workload
+def _threads(job: Job, preexec: Callable[[], None] | None) -> Checker:
+    checker = Checker(job.workload, len(job.commands))
 
-    def one(cmd: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(cmd, shell=True, capture_output=True, check=False, preexec_fn=preexec)
+    def one(item: tuple[int, str]) -> tuple[int, subprocess.CompletedProcess[bytes]]:
+        i, cmd = item
+        return i, subprocess.run(
+            cmd, shell=True, capture_output=True, check=False, preexec_fn=preexec
+        )
 
     with ThreadPoolExecutor(job.parallel) as pool:
         # map() drops each result as it is yielded, so output is not all held at once.
-        for done in pool.map(one, job.commands):
-            tally.take(wl, done.returncode, done.stdout, functools.partial(_describe, done))
-    return tally
+        for i, done in pool.map(one, enumerate(job.commands)):
+            _take_completed(checker, i, done)
+    return checker
 
 
-def run_threads(job: Job) -> Tally:
+def run_threads(job: Job) -> Checker:
     """A thread pool in the caller: subprocess takes its vfork path, whatever the heap."""
     return _threads(job, None)
 
 
-def run_threads_fork(job: Job) -> Tally:
+def run_threads_fork(job: Job) -> Checker:
     """The same forced onto the fork path: every task copies the caller's page tables."""
     return _threads(job, _noop)
 
 
-def _mp_task(cmd: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(cmd, shell=True, capture_output=True, check=False)
+def _mp_task(item: tuple[int, str]) -> tuple[int, subprocess.CompletedProcess[bytes]]:
+    i, cmd = item
+    return i, subprocess.run(cmd, shell=True, capture_output=True, check=False)
 
 
-def _mp(job: Job, maxtasksperchild: int | None) -> Tally:
-    tally, wl = Tally(), job.workload
+def _mp(job: Job, maxtasksperchild: int | None) -> Checker:
+    checker = Checker(job.workload, len(job.commands))
     context = multiprocessing.get_context("fork")
     n, p = len(job.commands), job.parallel
     if maxtasksperchild is None:
@@ -406,42 +617,69 @@ def _mp(job: Job, maxtasksperchild: int | None) -> Tally:
     else:
         chunksize = 1  # one task per chunk, so one fresh worker per task
     with context.Pool(p, maxtasksperchild=maxtasksperchild) as pool:
-        for done in pool.imap_unordered(_mp_task, job.commands, chunksize=chunksize):
-            tally.take(wl, done.returncode, done.stdout, functools.partial(_describe, done))
-    return tally
+        tasks = enumerate(job.commands)
+        for i, done in pool.imap_unordered(_mp_task, tasks, chunksize=chunksize):
+            _take_completed(checker, i, done)
+    return checker
 
 
-def run_mp_fork(job: Job) -> Tally:
+def run_mp_fork(job: Job) -> Checker:
     """multiprocessing.Pool(p) with fork: the caller is forked once per worker."""
     return _mp(job, None)
 
 
-def run_mp_fork_mtpc1(job: Job) -> Tally:
+def run_mp_fork_mtpc1(job: Job) -> Checker:
     """The same with maxtasksperchild=1: one fork of the caller per task."""
     return _mp(job, 1)
 
 
-def _describe_result(result: Result) -> str:
-    return (
-        f"task {result.id}: status {result.status}, signal {result.signal}, error "
-        f"{result.error}, stdout {result.stdout[:80]!r}, stderr {result.stderr[:300]!r}"
+class ResultLike(Protocol):
+    """What the harness reads of a leanpool ``Result``."""
+
+    @property
+    def id(self) -> object: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def stdout_bytes(self) -> bytes: ...
+    @property
+    def stderr_bytes(self) -> bytes: ...
+
+
+def _describe_result(result: ResultLike) -> str:
+    return _describe_output(
+        f"id {result.id!r} ({'ok' if result.ok else 'not ok'})",
+        result.status,
+        result.stdout_bytes,
+        result.stderr_bytes,
     )
 
 
-def run_leanpool(job: Job) -> Tally:
-    """TaskRunner(p): add every task, then consume the results as they stream."""
-    tally, wl = Tally(), job.workload
+def take_result(checker: Checker, result: ResultLike) -> None:
+    """Check one leanpool result against the task its id names, on its exact bytes."""
+    describe = functools.partial(_describe_result, result)
+    checker.add(
+        result.id, result.status, result.stdout_bytes, result.stderr_bytes, describe, result.ok
+    )
+
+
+def run_leanpool(job: Job) -> Checker:
+    """TaskRunner(p): add every task, with its index as id, then check the results as
+    they stream."""
+    from leanpool import TaskRunner  # main imported it before any timing
+
+    checker = Checker(job.workload, len(job.commands))
     runner = TaskRunner(job.parallel)
     for i, cmd in enumerate(job.commands):
         runner.add(i, cmd)
     with RunnerWatch() as watch:
         for result in runner.run():
-            tally.take(
-                wl, result.status, result.stdout, functools.partial(_describe_result, result)
-            )
-    tally.runner_peak_kb = watch.peak_kb or None
-    tally.watch_cpu_s = watch.cpu_s
-    return tally
+            take_result(checker, result)
+    checker.runner_peak_kb = watch.peak_kb or None
+    checker.watch_cpu_s = watch.cpu_s
+    return checker
 
 
 def _external(
@@ -463,45 +701,36 @@ def _external(
             raise VerificationError(f"{argv[0]} exited with status {proc.returncode}")
 
 
-def _tally_stream(job: Job, chunks: Iterator[bytes]) -> Tally:
-    """Check the merged stdout of xargs or parallel: the per-task outputs are not
-    separated, so only their lines (int) or their total size (len) can be checked."""
-    tally, wl = Tally(), job.workload
-    if wl.kind == "len":
-        tally.total = sum(len(chunk) for chunk in chunks)
-        tally.count = len(job.commands)  # cannot be told from merged output
-        return tally
-    for line in b"".join(chunks).split(b"\n"):
-        if line:
-            tally.add(0, int(line), None)
-    return tally
-
-
-def run_xargs(job: Job) -> Tally:
+def run_xargs(job: Job) -> Checker:
     """xargs -0 -P p -n1 /bin/sh -c: each task's output goes straight to one shared pipe."""
     argv = ["xargs", "-0", "-P", str(job.parallel), "-n", "1", "/bin/sh", "-c"]
-    return _tally_stream(job, _external(argv, job.nul_file))
+    checker = Checker(job.workload, len(job.commands))
+    chunks = _external(argv, job.nul_file)
+    if job.workload.body:
+        check_merged(checker, chunks, "xargs")
+    else:
+        check_grouped(checker, chunks, "xargs")
+    return checker
 
 
-def run_parallel(job: Job) -> Tally:
+def run_parallel(job: Job) -> Checker:
     """GNU parallel -j p, one command per input line, output grouped per task."""
     env = dict(os.environ, PARALLEL_SHELL="/bin/sh")
     argv = ["parallel", "--will-cite", "-j", str(job.parallel)]
-    return _tally_stream(job, _external(argv, job.lines_file, env))
+    checker = Checker(job.workload, len(job.commands))
+    check_grouped(checker, _external(argv, job.lines_file, env), "parallel")
+    return checker
 
 
-def run_ceiling(job: Job) -> Tally:
-    """The C driver: one line per task, "INDEX STATUS NBYTES VALUE"."""
+def run_ceiling(job: Job) -> Checker:
+    """The C driver: one record per task, with the task's index, status and output."""
     assert job.ceiling is not None
-    tally, wl = Tally(), job.workload
-    data = b"".join(_external([job.ceiling, str(job.parallel)], job.lines_file))
-    for line in data.splitlines():
-        _index, status, nbytes, value = (int(x) for x in line.split())
-        tally.add(status, value if wl.kind == "int" else nbytes, wl.each)
-    return tally
+    checker = Checker(job.workload, len(job.commands))
+    check_records(checker, _external([job.ceiling, str(job.parallel)], job.lines_file), "ceiling")
+    return checker
 
 
-METHODS: Final[dict[str, Callable[[Job], Tally]]] = {
+METHODS: Final[dict[str, Callable[[Job], Checker]]] = {
     "forloop": run_forloop,
     "threads": run_threads,
     "threads-fork": run_threads_fork,
@@ -610,7 +839,8 @@ def cpu_times() -> tuple[float, float]:
 def measure(
     job: Job, method: str, memory_mb: int, repeat: int, capped: bool, probe: bool
 ) -> Sample:
-    """Run one method once, time it, and check its results (outside the timed part)."""
+    """Run one method once, time it, and check its results: each as it arrives (in the
+    timed part, so every method pays for its checks), then that none is missing."""
     fn = METHODS[method]
     reset_peak()
     rss = rss_bytes() / MIB
@@ -619,7 +849,7 @@ def measure(
     if gil is not None:
         gil.start()
     t0, c0 = time.perf_counter(), cpu_times()
-    tally = fn(job)
+    checker = fn(job)
     seconds, c1 = time.perf_counter() - t0, cpu_times()
     gil_ratio = None
     probe_cpu = 0.0
@@ -628,8 +858,8 @@ def measure(
         probe_cpu = gil.cpu_s
     peak_kb = vm_hwm_kb() or 0
     n = len(job.commands)
-    job.workload.verify(tally, n, method)
-    out_bytes = job.workload.expected_total(n) if job.workload.kind == "len" else None
+    checker.verify(method)
+    out_bytes = job.workload.output_bytes(n) if job.workload.body else None
     return Sample(
         workload=job.workload.name,
         memory_mb=memory_mb,
@@ -644,10 +874,10 @@ def measure(
         mb_per_s=None if out_bytes is None else out_bytes / seconds / 1e6,
         # The probe's CPU is the caller's program and the watch's is ours: neither is
         # the method's cost.
-        caller_cpu_s=c1[0] - c0[0] - probe_cpu - tally.watch_cpu_s,
+        caller_cpu_s=c1[0] - c0[0] - probe_cpu - checker.watch_cpu_s,
         children_cpu_s=c1[1] - c0[1],
         caller_peak_mb=peak_kb / 1024,
-        runner_peak_mb=None if tally.runner_peak_kb is None else tally.runner_peak_kb / 1024,
+        runner_peak_mb=None if checker.runner_peak_kb is None else checker.runner_peak_kb / 1024,
         gil_ratio=gil_ratio,
     )
 
@@ -730,7 +960,9 @@ def print_block(rows: list[Summary], title: str) -> None:
     if any(r.capped for r in rows):
         print("  * capped by --slow-cap: TPS over that many tasks, nothing extrapolated")
     print(
-        "  xargs merges all output into one pipe: it does not capture output per task", flush=True
+        "  xargs merges all output into one pipe: it does not capture output per task (on "
+        "bigout only each task's head line and the byte total can be checked)",
+        flush=True,
     )
 
 
@@ -757,8 +989,10 @@ class MemoryRun:
 
 
 def run_memory(n: int, parallel: int, memory_mb: int) -> MemoryRun:
-    """Add n tasks (the caller builds no list of them), then consume results as they
-    stream, keeping only a running sum; report both processes' peaks."""
+    """Add n tasks (the caller builds no list of them), then check results as they
+    stream, keeping one byte per task; report both processes' peaks."""
+    from leanpool import TaskRunner  # main imported it before any timing
+
     reset_peak()
     before_add = rss_bytes()
     runner = TaskRunner(parallel)
@@ -769,32 +1003,31 @@ def run_memory(n: int, parallel: int, memory_mb: int) -> MemoryRun:
     peak_add = (vm_hwm_kb() or 0) * 1024
     reset_peak()
     before_run = rss_bytes()
-    tally = Tally()
-    memory = Workload("memory", [], "int")
+    memory = Workload("memory", [])
+    checker = Checker(memory, n)
     progress: list[dict[str, float]] = []
     step = max(1, n // 10)
     t1 = time.perf_counter()
     with RunnerWatch(interval=0.05) as watch:
         for result in runner.run():
-            tally.take(
-                memory, result.status, result.stdout, functools.partial(_describe_result, result)
-            )
-            if tally.count % step == 0:
+            take_result(checker, result)
+            if checker.count % step == 0:
                 elapsed = time.perf_counter() - t1
                 point = {
-                    "done": tally.count,
+                    "done": checker.count,
                     "seconds": round(elapsed, 2),
                     "caller_rss_mb": round(rss_bytes() / MIB, 1),
                     "runner_rss_mb": round((watch.current_kb() or 0) / 1024, 1),
                 }
                 progress.append(point)
                 print(
-                    f"  {tally.count:>9} done  {tally.count / elapsed:7.0f} tasks/s  caller RSS "
+                    f"  {checker.count:>9} done  {checker.count / elapsed:7.0f} tasks/s  "
+                    f"caller RSS "
                     f"{point['caller_rss_mb']:.1f} MB  runner RSS {point['runner_rss_mb']:.1f} MB",
                     flush=True,
                 )
     seconds = time.perf_counter() - t1
-    memory.verify(tally, n, "leanpool")
+    checker.verify("leanpool")
     peak_run = (vm_hwm_kb() or 0) * 1024
     return MemoryRun(
         memory_mb=memory_mb,
@@ -958,11 +1191,346 @@ def evaluate_targets(summaries: list[Summary], memory_runs: list[MemoryRun]) -> 
     return out
 
 
+# -- the self-check ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeResult:
+    """A leanpool Result as the harness reads it (``ResultLike``), made up or relabelled."""
+
+    id: object
+    status: int
+    ok: bool
+    stdout_bytes: bytes
+    stderr_bytes: bytes = b""
+
+
+@dataclass(frozen=True)
+class SelfCase:
+    """One result set for the checks: what it is, whether it must pass, how to feed it."""
+
+    what: str
+    must_pass: bool
+    workload: Workload
+    n: int
+    feed: Callable[[Checker], None]
+
+    def run(self) -> str | None:
+        """Feed a fresh checker and verify it: the VerificationError's text, or None."""
+        checker = Checker(self.workload, self.n)
+        try:
+            self.feed(checker)
+            checker.verify(self.what.split(":", 1)[0])
+        except VerificationError as exc:
+            return str(exc)
+        return None
+
+
+def _record(index: int, status: int, out: bytes, err: bytes = b"") -> bytes:
+    """One record as the ceiling writes it."""
+    return f"{index} {status} {len(out)} {len(err)}\n".encode() + out + err
+
+
+def _interleave(outputs: list[bytes], rng: random.Random, heads: list[bytes]) -> bytes:
+    """Outputs as a shared pipe mixes them: each head whole (one short write), the rest
+    in random pieces, the tasks' pieces interleaved at random."""
+    queues: list[list[bytes]] = []
+    for out, head in zip(outputs, heads, strict=True):
+        queue, rest = [head], out[len(head) :]
+        while rest:
+            k = rng.randint(1, 3000)
+            queue.append(rest[:k])
+            rest = rest[k:]
+        queues.append(queue)
+    mixed = bytearray()
+    live = list(range(len(queues)))
+    while live:
+        j = rng.randrange(len(live))
+        queue = queues[live[j]]
+        mixed += queue.pop(0)
+        if not queue:
+            live.pop(j)
+    return bytes(mixed)
+
+
+def _feed_results(results: list[FakeResult]) -> Callable[[Checker], None]:
+    def feed(checker: Checker) -> None:
+        for result in results:
+            take_result(checker, result)
+
+    return feed
+
+
+def _feed_completed(pairs: list[tuple[int, int]]) -> Callable[[Checker], None]:
+    """Results of a pool in the caller: (index the harness pairs it with, task it ran)."""
+
+    def feed(checker: Checker) -> None:
+        for index, task in pairs:
+            done = subprocess.CompletedProcess(f"echo {task}", 0, f"{task}\n".encode(), b"")
+            _take_completed(checker, index, done)
+
+    return feed
+
+
+def _feed_stream(
+    check: Callable[[Checker, Iterable[bytes], str], None], data: bytes, source: str
+) -> Callable[[Checker], None]:
+    """A tool's stdout, cut into reads of an odd size so that outputs straddle them."""
+    pieces = [data[i : i + 997] for i in range(0, len(data), 997)]
+    return lambda checker: check(checker, pieces, source)
+
+
+def _old_check_passes(results: list[FakeResult], n: int) -> bool:
+    """What the harness checked before: the count, the statuses and the outputs' sum."""
+    try:
+        total = sum(int(r.stdout_bytes) for r in results)
+    except ValueError:
+        return False
+    return len(results) == n and all(r.status == 0 for r in results) and total == n * (n - 1) // 2
+
+
+Row = tuple[str, bool, "Callable[[Checker], None]"]
+"""A self-check case's text, whether it must pass, and how to feed the checker."""
+
+
+def selfcheck_cases() -> list[SelfCase]:
+    """Right and wrong result sets, as each kind of method delivers them."""
+    n, rng = 20, random.Random(7)
+    order = rng.sample(range(n), n)
+    echo = make_workload("echo", n, 1)
+
+    def lean(label: Callable[[int], object] = int, **change: Any) -> list[FakeResult]:
+        """Right results in a shuffled order, with ids label(i) and, for the task given as
+        change's "task", the other fields changed."""
+        at = change.pop("task", None)
+        out = [FakeResult(label(i), 0, True, echo.head(i)) for i in order]
+        return [dataclasses.replace(r, **change) if r.id == at else r for r in out]
+
+    swap = {3: 7, 7: 3}
+    all_zero = lean(lambda i: 0)
+    old = " (the old count-and-sum check passed it)" if _old_check_passes(all_zero, n) else ""
+    three = [r for r in lean() if r.id not in (4, 5, 6)]
+    three += [FakeResult(5, 0, True, echo.head(i)) for i in (4, 5, 6)]
+
+    def on(wl: Workload, count: int, table: list[Row]) -> list[SelfCase]:
+        return [SelfCase(what, ok, wl, count, feed) for what, ok, feed in table]
+
+    cases = on(
+        echo,
+        n,
+        [
+            ("leanpool: right results, in any order", True, _feed_results(lean())),
+            ("leanpool: every result labelled id 0" + old, False, _feed_results(all_zero)),
+            ("leanpool: ids 3 and 7 swapped", False, _feed_results(lean(lambda i: swap.get(i, i)))),
+            ("leanpool: the results of 4, 5 and 6 all labelled 5", False, _feed_results(three)),
+            ("leanpool: ids as strings '0'..'19'", False, _feed_results(lean(str))),
+            ("leanpool: task 9 exited 1", False, _feed_results(lean(task=9, status=1))),
+            ("leanpool: task 9 not ok (timed out)", False, _feed_results(lean(task=9, ok=False))),
+            (
+                "leanpool: task 12 printed '012'",
+                False,
+                _feed_results(lean(task=12, stdout_bytes=b"012\n")),
+            ),
+            (
+                "leanpool: task 12 printed a byte more",
+                False,
+                _feed_results(lean(task=12, stdout_bytes=b"12\n\n")),
+            ),
+            (
+                "leanpool: task 2 wrote to stderr",
+                False,
+                _feed_results(lean(task=2, stderr_bytes=b"oops\n")),
+            ),
+            (
+                "leanpool: a result for id 20 too",
+                False,
+                _feed_results([*lean(), FakeResult(20, 0, True, b"20\n")]),
+            ),
+            ("leanpool: one result missing", False, _feed_results(lean()[1:])),
+            ("threads: right", True, _feed_completed([(i, i) for i in order])),
+            (
+                "threads: each result paired with the next command",
+                False,
+                _feed_completed([(i, (i + 1) % n) for i in order]),
+            ),
+        ],
+    )
+
+    records = b"".join(_record(i, 0, echo.head(i)) for i in order)
+    zeros = b"".join(_record(0, 0, echo.head(i)) for i in order)
+    killed = b"".join(_record(i, -9 if i == 4 else 0, echo.head(i)) for i in order)
+    lines = b"".join(echo.head(i) for i in order)
+    cases += on(
+        echo,
+        n,
+        [
+            (
+                "ceiling: right records, in any order",
+                True,
+                _feed_stream(check_records, records, "ceiling"),
+            ),
+            (
+                "ceiling: every record labelled 0",
+                False,
+                _feed_stream(check_records, zeros, "ceiling"),
+            ),
+            (
+                "ceiling: task 4 killed by SIGKILL",
+                False,
+                _feed_stream(check_records, killed, "ceiling"),
+            ),
+            (
+                "ceiling: the stream ends inside a record",
+                False,
+                _feed_stream(check_records, records[:-1], "ceiling"),
+            ),
+            ("xargs: right lines, in any order", True, _feed_stream(check_grouped, lines, "xargs")),
+            (
+                "xargs: line 7 twice, line 8 missing",
+                False,
+                _feed_stream(check_grouped, lines.replace(b"\n8\n", b"\n7\n"), "xargs"),
+            ),
+            (
+                "parallel: a stray line",
+                False,
+                _feed_stream(check_grouped, lines + b"hello\n", "parallel"),
+            ),
+        ],
+    )
+
+    m = 8
+    big = Workload("bigout", [], "@task ", bigout_text(10_000))
+    big_order = rng.sample(range(m), m)
+    outputs = [big.head(i) + big.body for i in big_order]
+    flipped = bytearray(outputs[0])
+    flipped[5000] ^= 1
+    bad_body = [FakeResult(big_order[0], 0, True, bytes(flipped))]
+    bad_body += [FakeResult(i, 0, True, o) for i, o in zip(big_order[1:], outputs[1:], strict=True)]
+    swap_heads = [
+        FakeResult(big_order[1 - k] if k < 2 else i, 0, True, o)
+        for k, (i, o) in enumerate(zip(big_order, outputs, strict=True))
+    ]
+    grouped = b"".join(outputs)
+    heads = [big.head(i) for i in big_order]
+    mixed = _interleave(outputs, rng, heads)
+    repeated = _interleave(outputs, rng, [*heads[:-1], heads[0]])
+    right_big = [FakeResult(i, 0, True, o) for i, o in zip(big_order, outputs, strict=True)]
+    big_records = b"".join(_record(i, 0, o) for i, o in zip(big_order, outputs, strict=True))
+    cases += on(
+        big,
+        m,
+        [
+            ("leanpool: right 10 kB outputs", True, _feed_results(right_big)),
+            ("leanpool: one bit of one 10 kB output flipped", False, _feed_results(bad_body)),
+            ("leanpool: two 10 kB outputs' ids swapped", False, _feed_results(swap_heads)),
+            (
+                "ceiling: right 10 kB outputs",
+                True,
+                _feed_stream(check_records, big_records, "ceiling"),
+            ),
+            (
+                "parallel: right 10 kB outputs",
+                True,
+                _feed_stream(check_grouped, grouped, "parallel"),
+            ),
+            (
+                "parallel: the last output a byte short",
+                False,
+                _feed_stream(check_grouped, grouped[:-1], "parallel"),
+            ),
+            (
+                "xargs: 10 kB outputs interleaved in one pipe",
+                True,
+                _feed_stream(check_merged, mixed, "xargs"),
+            ),
+            (
+                "xargs: one task's head replaced by another's",
+                False,
+                _feed_stream(check_merged, repeated, "xargs"),
+            ),
+            ("xargs: one byte lost", False, _feed_stream(check_merged, mixed[:-1], "xargs")),
+        ],
+    )
+    return cases
+
+
+def live_selfcheck_cases() -> list[SelfCase]:
+    """The same checks on real runs of 20 ``echo i`` tasks: the ceiling, and leanpool
+    when it imports; each right, and each mislabelled on its way to the checks."""
+    n = 20
+    echo = make_workload("echo", n, 1)
+    cases: list[SelfCase] = []
+    ceiling = build_ceiling()
+    if ceiling is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            right, wrong = os.path.join(tmp, "right"), os.path.join(tmp, "wrong")
+            Path(right).write_text("".join(f"{c}\n" for c in echo.commands))
+            Path(wrong).write_text("".join("echo 0\n" for _ in echo.commands))
+            real = b"".join(_external([ceiling, "4"], right))
+            all_zero = b"".join(_external([ceiling, "4"], wrong))
+        cases += [
+            SelfCase(
+                "ceiling (real run): right",
+                True,
+                echo,
+                n,
+                _feed_stream(check_records, real, "ceiling"),
+            ),
+            SelfCase(
+                "ceiling (real run): every task prints 0",
+                False,
+                echo,
+                n,
+                _feed_stream(check_records, all_zero, "ceiling"),
+            ),
+        ]
+    try:
+        from leanpool import TaskRunner
+    except Exception as exc:  # whatever the failure: the source may be mid-change
+        print(f"  (leanpool does not import, its live cases are skipped: {exc!r})")
+        return cases
+    runner = TaskRunner(4)
+    for i, cmd in enumerate(echo.commands):
+        runner.add(i, cmd)
+    got = [FakeResult(r.id, r.status, r.ok, r.stdout_bytes, r.stderr_bytes) for r in runner.run()]
+    zero = [dataclasses.replace(r, id=0) for r in got]
+    cases += [
+        SelfCase("leanpool (real run): right", True, echo, n, _feed_results(got)),
+        SelfCase(
+            "leanpool (real run): every result relabelled id 0", False, echo, n, _feed_results(zero)
+        ),
+    ]
+    return cases
+
+
+def selfcheck() -> int:
+    """Show that the checks refuse every wrong result set and pass every right one."""
+    began = time.perf_counter()
+    print("selfcheck: result sets fed to the harness's own checks; each wrong one must be refused")
+    failures = 0
+    for case in [*selfcheck_cases(), *live_selfcheck_cases()]:
+        error = case.run()
+        as_expected = (error is None) == case.must_pass
+        failures += not as_expected
+        verdict = "passed " if error is None else "refused"
+        print(f"  {'ok  ' if as_expected else 'BAD '} {verdict}  {case.what}")
+        if error is not None:
+            print(f"                 VerificationError: {error.splitlines()[0]}")
+    took = time.perf_counter() - began
+    if failures:
+        print(f"SELFCHECK FAILED: {failures} result sets were not judged as they must be")
+        return 1
+    print(f"selfcheck: every wrong result set refused, every right one passed ({took:.1f} s)")
+    return 0
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
 def machine_info() -> dict[str, Any]:
-    """What the numbers depend on, recorded with them."""
+    """What the numbers depend on, recorded with them; imports leanpool."""
+    import leanpool  # here, not at the top: see the note there
+
     meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
     git = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],
@@ -1049,6 +1617,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run nothing: print the sweep tables and the targets of these saved runs",
     )
     parser.add_argument(
+        "--selfcheck",
+        action="store_true",
+        help="run nothing: feed the result checks right and deliberately wrong result sets "
+        "and show that each wrong one is refused (a few seconds)",
+    )
+    parser.add_argument(
         "--src",
         help="import leanpool (and so start its runner) from this src directory, e.g. an "
         "unpacked 'git archive COMMIT src', instead of the installed one",
@@ -1087,6 +1661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
         return report(args.report)
+    if args.selfcheck:
+        return selfcheck()
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
     methods = [m.strip() for m in (args.methods or ",".join(ALL_METHODS)).split(",") if m.strip()]
     sizes = sorted({int(m) for m in args.m.split(",")})
@@ -1114,9 +1690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"leanpool from {meta['leanpool']} (checkout at {meta['commit']})")
     scratch = tempfile.mkdtemp(prefix="leanpool-bench-")
     bigout_bytes = int(args.bigout_mb * 1e6)
-    bigout_file = write_bigout_source(
-        os.path.join(scratch, "big.txt"), bigout_bytes, args.bigout_source
-    )
+    bigout_file = os.path.join(scratch, "big.txt")
     samples: list[Sample] = []
     summaries: list[Summary] = []
     memory_runs: list[MemoryRun] = []
@@ -1163,15 +1737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     save()
                     continue
-                if args.bigout_source == "zero" and wl_name == "bigout":
-                    workload = Workload(
-                        "bigout",
-                        [f"head -c {bigout_bytes} /dev/zero"] * n,
-                        "len",
-                        each=bigout_bytes,
-                    )
-                else:
-                    workload = make_workload(wl_name, n, args.seed, bigout_bytes, bigout_file)
+                workload = make_workload(
+                    wl_name, n, args.seed, bigout_bytes, bigout_file, args.bigout_source
+                )
                 lines_file = os.path.join(scratch, f"{wl_name}.lines")
                 nul_file = os.path.join(scratch, f"{wl_name}.nul")
                 Path(lines_file).write_text("".join(c + "\n" for c in workload.commands))
