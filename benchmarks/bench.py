@@ -20,6 +20,11 @@ result.  A method that fails this is not reported: the harness stops with
 seconds that wrong result sets (all labelled id 0, swapped, missing, duplicated, ...)
 are refused.
 
+The header and ``--json`` record what was measured: the SHA-256 of the leanpool source
+tree that was imported (see ``source_hash``; the runner is started from the same
+directory), next to the git HEAD of the checkout holding this script, which is not
+necessarily the code measured (``--src``, uncommitted changes).
+
 Per method and caller size it prints tasks per second, the ratio to the best method,
 the caller's own CPU time per task (what the program doing the work cannot use), the
 caller's peak RSS and, for leanpool, the runner's peak RSS.  ``--gil-probe`` also runs a
@@ -33,6 +38,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import json
 import multiprocessing
@@ -1527,18 +1533,48 @@ def selfcheck() -> int:
 # -- the run -------------------------------------------------------------------------------
 
 
+def source_hash(package_dir: str) -> tuple[str, int]:
+    """The SHA-256 of a package's Python source, and the number of files it covers.
+
+    Over every ``*.py`` file under package_dir, sorted by its path relative to
+    package_dir ("/"-separated): the path, a NUL, the file's size in decimal, a NUL, and
+    its bytes.  Two trees hash alike exactly when they hold the same .py files with the
+    same contents, wherever they are.  To name the commit a hash is of:
+    ``git archive COMMIT src | tar -x -C DIR`` then
+    ``bench.py --source-hash DIR/src/leanpool``.
+    """
+    root = Path(package_dir)
+    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*.py") if p.is_file())
+    digest = hashlib.sha256()
+    for rel, path in files:
+        data = path.read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest(), len(files)
+
+
+def _git(*args: str) -> str | None:
+    done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+PROVENANCE: Final = (
+    "leanpool_sha256 is the code measured: source_hash() of the imported leanpool package "
+    "(the directory in 'leanpool', from which the runner is started too), taken before the "
+    "first run and again at the end (leanpool_sha256_at_end). 'commit' is the git HEAD of "
+    "the checkout holding bench.py at start: not the code measured when --src is given, or "
+    "when src/ had uncommitted changes (checkout_src_dirty)."
+)
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers depend on, recorded with them; imports leanpool."""
     import leanpool  # here, not at the top: see the note there
 
     meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
-    git = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=HERE,
-        check=False,
-    )
+    package_dir = os.path.dirname(os.path.abspath(leanpool.__file__ or ""))
+    sha, files = source_hash(package_dir)
+    dirty = _git("status", "--porcelain", "--", str(HERE.parent / "src"))
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "nproc": len(os.sched_getaffinity(0)),
@@ -1546,10 +1582,27 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "bin_sh": os.path.realpath("/bin/sh"),
-        "commit": git.stdout.strip() or None,
-        "leanpool": os.path.dirname(leanpool.__file__ or ""),
+        "provenance": PROVENANCE,
+        "leanpool": package_dir,
+        "leanpool_sha256": sha,
+        "leanpool_py_files": files,
+        "commit": _git("rev-parse", "--short", "HEAD") or None,
+        "checkout_src_dirty": None if dirty is None else bool(dirty),
         "argv": sys.argv,
     }
+
+
+def note_source_at_end(meta: dict[str, Any]) -> None:
+    """Hash the measured tree again; say so loudly when it changed during the run (the
+    runner loads the package from disk at each start, so the runs may differ)."""
+    sha, _ = source_hash(meta["leanpool"])
+    meta["leanpool_sha256_at_end"] = sha
+    if sha != meta["leanpool_sha256"]:
+        print(
+            f"\nWARNING: the leanpool source changed during the run (sha256 now {sha}): "
+            "the runs may have measured different code; pin it with --src",
+            file=sys.stderr,
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1623,6 +1676,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and show that each wrong one is refused (a few seconds)",
     )
     parser.add_argument(
+        "--source-hash",
+        metavar="DIR",
+        help="run nothing: print source_hash() of this package directory (src/leanpool)",
+    )
+    parser.add_argument(
         "--src",
         help="import leanpool (and so start its runner) from this src directory, e.g. an "
         "unpacked 'git archive COMMIT src', instead of the installed one",
@@ -1663,6 +1721,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(args.report)
     if args.selfcheck:
         return selfcheck()
+    if args.source_hash:
+        sha, files = source_hash(args.source_hash)
+        print(f"{sha}  {args.source_hash} ({files} .py files)")
+        return 0
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
     methods = [m.strip() for m in (args.methods or ",".join(ALL_METHODS)).split(",") if m.strip()]
     sizes = sorted({int(m) for m in args.m.split(",")})
@@ -1687,7 +1749,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{meta['date']}  {meta['nproc']} CPUs, {meta['memory']}, kernel {meta['kernel']}, "
         f"Python {meta['python']}, /bin/sh -> {meta['bin_sh']}"
     )
-    print(f"leanpool from {meta['leanpool']} (checkout at {meta['commit']})")
+    dirty = {None: "in an unknown state", True: "has uncommitted changes", False: "is clean"}
+    print(
+        f"measured: leanpool from {meta['leanpool']}, source sha256 {meta['leanpool_sha256']} "
+        f"({meta['leanpool_py_files']} .py files)\n"
+        f"checkout: git HEAD {meta['commit']} of the repository holding bench.py, its src/ "
+        f"{dirty[meta['checkout_src_dirty']]} (the HEAD is not the code measured with --src)"
+    )
     scratch = tempfile.mkdtemp(prefix="leanpool-bench-")
     bigout_bytes = int(args.bigout_mb * 1e6)
     bigout_file = os.path.join(scratch, "big.txt")
@@ -1771,12 +1839,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 save()
     except VerificationError as exc:
+        note_source_at_end(meta)
         save()
         print(f"\nVERIFICATION FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    note_source_at_end(meta)
     print_sweep(summaries)
     targets = evaluate_targets(summaries, memory_runs)
     print_targets(targets)
