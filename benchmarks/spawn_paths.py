@@ -9,21 +9,27 @@ output and reaping the child, one after another so that only the start path diff
 - ``popen-fork``: the same with a no-op ``preexec_fn``, which forces a real fork.
 
 Rounds are interleaved so that machine drift hits every method alike.  ``-m`` grows the
-process's heap first, to show which paths pay for the spawner's size.
+process's heap first, to show which paths pay for the spawner's size.  Every start's
+output must be exactly ``i\\n``, or the script stops.  ``--json PATH`` saves the raw
+figures (every round of every method, and the machine and checkout they are from).
 
-    python benchmarks/spawn_paths.py -n 500 -r 5 -m 0
+    python benchmarks/spawn_paths.py -n 500 -r 5 -m 0 --json benchmarks/results/spawn-0mb.json
     python benchmarks/spawn_paths.py -n 200 -r 3 -m 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 Starter = Callable[[int], bytes]
 
@@ -77,28 +83,68 @@ def _grow_heap(megabytes: int) -> list[tuple[int, str]]:
     return [(i, str(i)) for i in range(megabytes * 1024 * 1024 // 100)]
 
 
+def _run(start: Starter, n: int) -> list[int]:
+    """Start n tasks one after another; the indexes whose output was not exactly theirs."""
+    return [i for i in range(n) if start(i) != b"%d\n" % i]
+
+
+def _meta(args: argparse.Namespace, heap_objects: int) -> dict[str, Any]:
+    """The machine and checkout the figures are from."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent,
+        check=False,
+    )
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "bin_sh": os.path.realpath("/bin/sh"),
+        "commit": head.stdout.strip() or None,
+        "argv": sys.argv,
+        "args": vars(args),
+        "heap_objects": heap_objects,
+        "rss_mb": _rss_mb(),
+    }
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=500, help="starts per method per round")
     parser.add_argument("-r", type=int, default=5, help="interleaved rounds")
     parser.add_argument("-m", type=int, default=0, help="heap to grow first, in MB")
+    parser.add_argument("--json", metavar="PATH", help="save the raw figures here")
     args = parser.parse_args()
     heap = _grow_heap(args.m)
+    meta = _meta(args, len(heap))
     times: dict[str, list[float]] = {name: [] for name in STARTERS}
     for _ in range(args.r):
         for name, start in STARTERS.items():
             began = time.perf_counter()
-            total = sum(int(start(i)) for i in range(args.n))
+            wrong = _run(start, args.n)
             elapsed = time.perf_counter() - began
-            if total != args.n * (args.n - 1) // 2:
-                sys.exit(f"{name}: wrong sum of outputs {total}")
+            if wrong:
+                sys.exit(f"{name}: {len(wrong)} starts gave the wrong output (first: {wrong[:5]})")
             times[name].append(elapsed / args.n * 1e6)
     best = min(statistics.median(v) for v in times.values())
     print(f"heap {args.m} MB ({len(heap)} objects), {args.n} starts x {args.r} rounds")
     print(f"{'method':<12} {'median us/start':>16} {'min':>8} {'ratio':>7}")
+    summary: dict[str, dict[str, float]] = {}
     for name, values in times.items():
         median = statistics.median(values)
+        summary[name] = {"median_us": median, "min_us": min(values), "ratio": median / best}
         print(f"{name:<12} {median:>16.0f} {min(values):>8.0f} {median / best:>7.2f}")
+    if args.json:
+        data = {"meta": meta, "us_per_start": times, "summary": summary}
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":
