@@ -21,13 +21,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from leanpool._launch import RunOptions, runner_command
+from leanpool._caller.options import make_options
+from leanpool._caller.process import runner_command
+
+if TYPE_CHECKING:
+    from leanpool._protocol.config import RunnerConfig
 
 
 def _one_run(package_dir: str, tasks: str, n: int, parallel: int) -> tuple[float, float, float]:
     """(tasks/s, user us/task, sys us/task) of one runner run."""
-    config = RunOptions(parallel=parallel).config(tasks, "jsonl", ordered=False, cleanup_dir=None)
+    config: RunnerConfig = {
+        "options": make_options(parallel=parallel),
+        "input": {"path": tasks, "format": "jsonl", "stream": False},
+        "ordered": False,
+        "cleanup_dir": None,
+        "spill_dir": None,
+    }
     argv = runner_command(config)
     argv[-2] = package_dir  # the runner of the checkout under test
     began = time.perf_counter()

@@ -3,110 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-PY = sys.executable
-
-# Named misbehaving tasks (shell snippets) used across the tests.
-IGNORES_TERM = "trap '' TERM; sleep 30"
-FORKS_GRANDCHILD = "sleep 30 & echo $!; wait"
-FLOODS_STDOUT = "head -c 5000000 /dev/zero"
-PRINTS_OPEN_FDS = (
-    "import os\n"
-    "fds = []\n"
-    "for fd in range(1024):\n"
-    "    try:\n"
-    "        os.fstat(fd)\n"
-    "    except OSError:\n"
-    "        continue\n"
-    "    fds.append(fd)\n"
-    "print(fds)\n"
-)
-
-
-def alive(pid: int) -> bool:
-    """True while pid names a live process (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-def wait_gone(pids: list[int], within: float) -> float:
-    """Poll until none of pids is alive; return how long it took, or fail the test."""
-    start = time.monotonic()
-    while time.monotonic() - start < within:
-        if not any(alive(pid) for pid in pids):
-            return time.monotonic() - start
-        time.sleep(0.01)
-    left = [pid for pid in pids if alive(pid)]
-    raise AssertionError(f"still alive after {within} s: {left}")
-
-
-def wait_for(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Poll predicate under a deadline."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def leanpool_cli(
-    *args: str, stdin: bytes | None = None, timeout: float = 60, cwd: str | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``python -m leanpool ARGS`` as a real subprocess."""
-    return subprocess.run(
-        [PY, "-m", "leanpool", *args],
-        input=stdin if stdin is not None else b"",
-        capture_output=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
-
-
-def holders_of(path: Path) -> list[int]:
-    """Pids of the processes that have path open (e.g. the runner writing a journal)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            links = [fd.readlink() for fd in (proc / "fd").iterdir()]
-        except OSError:
-            continue
-        if path in links:
-            found.append(int(proc.name))
-    return found
-
-
-def runner_pids() -> list[int]:
-    """Pids of live leanpool runner processes that are children of this test process."""
-    me = str(os.getpid())
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if fields[1] == me and b"leanpool._runner" in cmdline and fields[0] != "Z":
-            found.append(int(name))
-    return found
+from tests.helpers import runner_pids, wait_for
 
 
 @pytest.fixture(autouse=True)

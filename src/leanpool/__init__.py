@@ -5,6 +5,7 @@ depend on how much memory the caller holds.  See ``TaskRunner`` and ``run_tasks`
 """
 
 from ._api import TaskRunner as TaskRunner, run_tasks as run_tasks
+from ._caller.result import Result as Result, RunSummary as RunSummary
 from ._errors import (
     JournalError as JournalError,
     LeanpoolError as LeanpoolError,
@@ -14,7 +15,6 @@ from ._errors import (
     TaskFailed as TaskFailed,
     TaskFileError as TaskFileError,
 )
-from ._result import Result as Result, RunSummary as RunSummary
 
 __all__ = [
     "JournalError",

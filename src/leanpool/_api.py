@@ -9,13 +9,22 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from typing import final
+from typing import TYPE_CHECKING, final
 
+from ._caller.options import make_options
+from ._caller.process import RunnerProcess
+from ._caller.result import Result, RunSummary, result_from_record
 from ._errors import ProtocolError, RunnerError
-from ._launch import RunnerProcess, RunOptions, default_parallel
-from ._result import Result, RunSummary, result_from_line
-from ._spool import SpoolWriter
-from ._task import InvalidTask, task_from_record
+from ._protocol.reader import Idle, ResultEvent, Skipped
+from ._protocol.spool import SpoolWriter
+from ._protocol.tasks import InvalidTask, task_from_record
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._caller.options import KeywordOptions
+    from ._protocol.config import RunnerConfig
+    from ._protocol.records import EndRecord
 
 __all__ = ["TaskRunner", "run_tasks"]
 
@@ -29,8 +38,9 @@ class TaskRunner:
 
     ``add()`` appends each task to a private temporary file as it is called, so the
     caller's memory does not grow with the number of tasks; ``run()`` starts one runner
-    process that reads them back and streams each result as soon as its task ends.  The
-    cost of starting a task then does not depend on how much memory the caller holds.
+    process that reads them back as slots free and streams each result as soon as its
+    task ends.  The cost of starting a task then does not depend on how much memory the
+    caller holds.
 
     Example::
 
@@ -40,78 +50,52 @@ class TaskRunner:
         for result in runner.run():
             print(result.id, result.status, result.stdout)
 
-    After a run ends the runner is empty again and can take a new batch, as the
-    original's does.
+    Tasks added while ``run()`` is being iterated (from the loop body, or a
+    ``run_and_wait`` callback) run in the same run: a crawler adds the work each result
+    tells it about.  The run ends once every task added has a result and the loop is
+    not adding.  After that the runner is empty again and takes a new batch.
 
     Args:
         parallel: how many tasks run at once; default twice the usable CPUs (the
             original's choice: tasks that wait on I/O leave the CPUs idle otherwise).
-        timeout: default seconds a task may run before its whole process group gets
-            SIGTERM (then SIGKILL after ``kill_grace``); None for no limit.
-        kill_grace: seconds between SIGTERM and SIGKILL for a timed-out task.
-        max_output: keep at most this many bytes of each stream of each task (the rest
-            is read and dropped, and the result says so); None keeps everything, since
-            silently cutting output is worse than using memory.
-        output_dir: write each task's streams to ``<id>.stdout``/``<id>.stderr`` files
-            in this directory instead of returning them: for tasks with huge output.
-        retries: run a failed or timed-out task again up to this many times.
-        retry_delay: seconds to wait before each retry.
-        halt: stop starting tasks once this many have failed (GNU parallel's --halt).
-        halt_now: with ``halt``, also kill the tasks still running.
-        journal: append every result to this JSONL file as soon as its task ends,
-            durably, from the runner itself: a killed caller loses no finished result.
-        resume: skip the tasks whose id already has a record in ``journal``.
         tmpdir: where the private spool directory is made; default: tempfile's choice.
+        **options: the run's options, each described in the README's option table:
+            ``timeout`` (seconds before a task's process group gets SIGTERM),
+            ``kill_grace`` (2.0: seconds from SIGTERM to SIGKILL), ``kill_leftovers``
+            (True: what a task leaves running in its group is killed when it ends),
+            ``max_output`` (bytes kept per stream), ``output_dir`` (stream files
+            instead of returned output), ``retries`` and ``retry_delay``, ``halt`` and
+            ``halt_now`` (stop after that many failures), ``journal`` (a durable JSONL
+            file of results) and ``resume`` (skip what the journal holds).
 
     Raises:
-        TypeError, ValueError: an argument is of the wrong kind or out of range.
+        TypeError, ValueError: an option is unknown, of the wrong kind or out of range.
     """
 
     def __init__(
         self,
         parallel: int | None = None,
         *,
-        timeout: float | None = None,
-        kill_grace: float = 2.0,
-        max_output: int | None = None,
-        output_dir: str | os.PathLike[str] | None = None,
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        halt: int | None = None,
-        halt_now: bool = False,
-        journal: str | os.PathLike[str] | None = None,
-        resume: bool = False,
         tmpdir: str | os.PathLike[str] | None = None,
+        **options: Unpack[KeywordOptions],
     ) -> None:
-        self._options = RunOptions(
-            parallel=default_parallel() if parallel is None else parallel,
-            timeout=timeout,
-            kill_grace=kill_grace,
-            max_output=max_output,
-            output_dir=None if output_dir is None else os.fspath(output_dir),
-            retries=retries,
-            retry_delay=retry_delay,
-            halt=halt,
-            halt_now=halt_now,
-            journal=None if journal is None else os.fspath(journal),
-            resume=resume,
-        )
+        self._options = make_options(parallel=parallel, **options)
         self._tmpdir = None if tmpdir is None else os.fspath(tmpdir)
         self._workdir: str | None = None
         self._spool: SpoolWriter | None = None
         self._cleanup: Callable[[], object] | None = None
         self._running = False
-        self._to_run = 0
+        self._skipped = 0
         self.summary: RunSummary | None = None
         """How the last run ended; None until a run has ended."""
 
     @property
     def parallel(self) -> int:
         """How many tasks run at once."""
-        return self._options.parallel
+        return self._options["parallel"]
 
     def __len__(self) -> int:
-        """The number of tasks added since the last run."""
+        """The number of tasks added to the next run, or to the run in progress."""
         return 0 if self._spool is None else self._spool.count
 
     def __repr__(self) -> str:
@@ -127,8 +111,9 @@ class TaskRunner:
         env: Mapping[str, str | None] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
+        kill_leftovers: bool | None = None,
     ) -> None:
-        """Add one task to the next run.
+        """Add one task to the next run, or to the run in progress.
 
         Args:
             task_id: the id its result will carry (a string or an integer).
@@ -140,21 +125,14 @@ class TaskRunner:
                 as it is when ``run()`` starts.
             cwd: the task's working directory; relative to the caller's at ``run()``.
             timeout: this task's time limit, overriding the runner's default.
+            kill_leftovers: whether processes this task leaves in its group are killed
+                when it ends, overriding the runner's ``kill_leftovers``.
 
         Raises:
-            RuntimeError: a run is in progress.
             TypeError, ValueError: the task is not valid; nothing was added.
             LeanpoolError: the spool could not be written (disk full, ...).
         """
-        if self._running:
-            raise RuntimeError("cannot add tasks while a run is in progress")
-        record: dict[str, object] = {"id": task_id}
-        if isinstance(cmd, str):
-            record["cmd"] = cmd
-        elif isinstance(cmd, Sequence):
-            record["cmd"] = [os.fspath(part) for part in cmd]
-        else:
-            raise TypeError(f"cmd must be a string or a list of strings, not {type(cmd).__name__}")
+        record: dict[str, object] = {"id": task_id, "cmd": _command(cmd)}
         if stdin is not None:
             if isinstance(stdin, str):
                 record["stdin"] = stdin
@@ -172,6 +150,8 @@ class TaskRunner:
             record["cwd"] = os.fspath(cwd)
         if timeout is not None:
             record["timeout"] = timeout
+        if kill_leftovers is not None:
+            record["kill_leftovers"] = kill_leftovers
         try:
             task_from_record(record, 0)
         except InvalidTask as exc:
@@ -191,15 +171,17 @@ class TaskRunner:
     def run(self, *, ordered: bool = False) -> Generator[Result, None, None]:
         """Run every added task; yield each Result as its task ends.
 
-        Leaving the loop early (``break``, an exception, closing the iterator) kills
-        the tasks still running, and nothing of the run is left behind.
+        Tasks added while iterating run in this same run.  Leaving the loop early
+        (``break``, an exception, closing the iterator) kills the tasks still running,
+        and nothing of the run is left behind.
 
         Args:
             ordered: yield results in the order the tasks were added instead of as they
                 finish (a slow task then holds back the results after it).
 
         Raises:
-            TaskFileError: a task is invalid (only a task file written by hand can be).
+            TaskFileError: with a journal, two tasks share an id (the tasks before the
+                second one have run).
             JournalError: the journal cannot be used (see ``resume``).
             RunnerError: the runner died or broke the protocol; results not yet
                 yielded are lost (the journal keeps them, if there is one).
@@ -207,44 +189,56 @@ class TaskRunner:
         if self._running:
             raise RuntimeError("this TaskRunner is already running")
         self._running = True
-        spool, workdir, cleanup = self._spool, self._workdir, self._cleanup
-        self._spool = self._workdir = self._cleanup = None
-        return self._results(spool, workdir, cleanup, ordered)
+        return self._results(ordered)
 
-    def _results(
-        self,
-        spool: SpoolWriter | None,
-        workdir: str | None,
-        cleanup: Callable[[], object] | None,
-        ordered: bool,
-    ) -> Generator[Result, None, None]:
+    def _results(self, ordered: bool) -> Generator[Result, None, None]:
+        spool, workdir, cleanup = self._spool, self._workdir, self._cleanup
         try:
             if spool is None or workdir is None:
                 self.summary = RunSummary(0, 0, 0, 0, 0, halted=False)
                 return
-            spool.finish()
-            config = self._options.config(
-                spool.path, "jsonl", ordered=ordered, cleanup_dir=workdir, spill_dir=workdir
-            )
+            config: RunnerConfig = {
+                "options": self._options,
+                "input": {"path": spool.path, "format": "jsonl", "stream": True},
+                "ordered": ordered,
+                "cleanup_dir": workdir,
+                "spill_dir": workdir,
+            }
+            self._skipped = 0
+            announced = spool.flush()
             runner = RunnerProcess(config, workdir)
             try:
-                for line in runner.lines(on_start=self._on_start):
-                    try:
-                        yield result_from_line(line)
-                    except ValueError as exc:
-                        raise ProtocolError(line, str(exc), completed=runner.completed) from None
-                self.summary = _summary(runner)
+                runner.more(announced)
+                for event in runner.events():
+                    if isinstance(event, ResultEvent):
+                        try:
+                            result = result_from_record(event.record)
+                        except ValueError as exc:
+                            raise ProtocolError(
+                                event.line, str(exc), completed=runner.completed
+                            ) from None
+                        yield result
+                        if spool.offset != announced:  # the loop body added tasks
+                            announced = spool.flush()
+                            runner.more(announced)
+                    elif isinstance(event, Idle):
+                        # Everything announced is done, and the caller is here, not in
+                        # its loop body: nothing more can come.
+                        if event.offset == announced == spool.offset:
+                            runner.end_input(announced)
+                    elif isinstance(event, Skipped):
+                        self._skipped = event.count
+                assert runner.end is not None
+                self.summary = _summary(runner.end, spool.count, runner.completed)
             finally:
                 runner.close()
         finally:
+            self._spool = self._workdir = self._cleanup = None
             if spool is not None:
                 spool.discard()
             if cleanup is not None:
                 cleanup()
             self._running = False
-
-    def _on_start(self, total: int, skipped: int) -> None:
-        self._to_run = total - skipped
 
     def run_and_wait(
         self, callback: Callback | None = None, *, ordered: bool = False
@@ -254,8 +248,9 @@ class TaskRunner:
         Args:
             callback: called as ``callback(result, completed, total)`` for each result,
                 with ``completed`` counting from 1 and ``total`` the number of tasks this
-                run has to run (those added, less those a resumed journal already holds).
-                An exception it raises stops the run (tasks are killed) and propagates.
+                run has to run so far (those added, less those a resumed journal already
+                held).  It may ``add()`` tasks to the run.  An exception it raises stops
+                the run (tasks are killed) and propagates.
             ordered: call back in the order the tasks were added.
 
         Returns:
@@ -265,12 +260,18 @@ class TaskRunner:
         with contextlib.closing(results):
             for completed, result in enumerate(results, 1):
                 if callback is not None:
-                    callback(result, completed, self._to_run)
+                    callback(result, completed, len(self) - self._skipped)
         assert self.summary is not None
         return self.summary
 
     def close(self) -> None:
-        """Forget the tasks added and not run, and remove their spool."""
+        """Forget the tasks added and not run, and remove their spool.
+
+        During a run it does nothing: the run's own end cleans up (leave its loop to
+        stop it).
+        """
+        if self._running:
+            return
         if self._spool is not None:
             self._spool.discard()
         if self._cleanup is not None:
@@ -284,6 +285,22 @@ class TaskRunner:
         self.close()
 
 
+def _command(cmd: object) -> str | list[str]:
+    """A task's cmd as the record carries it, or a TypeError that names what it got."""
+    if isinstance(cmd, str):
+        return cmd
+    if isinstance(cmd, (bytes, bytearray, memoryview)):
+        raise TypeError(f"cmd must be a string or a list of strings, not {type(cmd).__name__}")
+    if isinstance(cmd, Sequence):
+        parts = []
+        for part in cmd:
+            if not isinstance(part, (str, os.PathLike)):
+                raise TypeError(f"cmd as a list must hold strings only, not {type(part).__name__}")
+            parts.append(os.fspath(part))
+        return parts
+    raise TypeError(f"cmd must be a string or a list of strings, not {type(cmd).__name__}")
+
+
 def _remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -292,22 +309,20 @@ def _b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
-def _summary(runner: RunnerProcess) -> RunSummary:
-    end = runner.end
-    assert end is not None
-    if end.get("interrupted") and not end.get("halted"):
+def _summary(end: EndRecord, added: int, completed: int) -> RunSummary:
+    if end["interrupted"] and not end["halted"]:
         raise RunnerError(
-            f"leanpool runner was stopped by {end.get('stopped_by') or 'a signal'} "
-            f"with {end.get('unfinished')} task(s) unfinished",
-            completed=runner.completed,
+            f"leanpool runner was stopped by {end['stopped_by'] or 'a signal'} "
+            f"with {added - end['skipped'] - completed} task(s) unfinished",
+            completed=completed,
         )
     return RunSummary(
-        total=int(runner.total or 0),
-        skipped=runner.skipped,
-        completed=int(end["completed"]),  # type: ignore[call-overload]
-        failed=int(end["failed"]),  # type: ignore[call-overload]
-        unfinished=int(end["unfinished"]),  # type: ignore[call-overload]
-        halted=bool(end["halted"]),
+        total=added,
+        skipped=end["skipped"],
+        completed=end["completed"],
+        failed=end["failed"],
+        unfinished=added - end["skipped"] - end["completed"],
+        halted=end["halted"],
     )
 
 
@@ -329,8 +344,16 @@ def run_tasks(
         check: raise TaskFailed for the first failed command (after all have run).
 
     Raises:
+        TypeError: commands is a single string or bytes rather than a list of commands
+            (``run_tasks("ls")`` would otherwise run ``l`` and ``s``), or a command is
+            not a string or a list of strings.
         TaskFailed: with ``check``, some command did not succeed.
     """
+    if isinstance(commands, (str, bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"commands must be a list of commands, not a single {type(commands).__name__}; "
+            f"write run_tasks([{commands!r}]) to run one"
+        )
     runner = TaskRunner(parallel, timeout=timeout)
     for index, command in enumerate(commands):
         runner.add(index, command)

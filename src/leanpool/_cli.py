@@ -1,5 +1,10 @@
 """The ``leanpool`` command: ``leanpool run FILE|-``, one JSON result line per task.
 
+A regular task file is validated whole before any task starts (a bad line: one error
+naming it, nothing run).  A pipe, stdin or a FIFO is streamed: tasks start as their lines
+arrive, and a bad line stops new starts, lets the running tasks finish and report, then
+ends with the same one-line error.
+
 Exit status: 0 when every task succeeded, 1 when any failed or did not run, 2 for bad
 usage or bad input (one line on stderr, never a traceback), 130 after Ctrl-C.
 """
@@ -13,18 +18,28 @@ import shutil
 import stat
 import sys
 import tempfile
-from typing import IO, TYPE_CHECKING, NoReturn
+import threading
+from typing import IO, TYPE_CHECKING, Final, NoReturn
 
+from ._caller.options import add_cli_options, cli_options
+from ._caller.process import RunnerProcess
 from ._errors import JournalError, LeanpoolError, TaskFileError
-from ._launch import RunnerProcess, RunOptions, default_parallel
-from ._spool import SPOOL_NAME, TaskFormat
+from ._protocol.reader import Ended, ResultEvent, Skipped, Started
+from ._protocol.spool import SPOOL_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._protocol.config import RunnerConfig, TaskFormat
+    from ._protocol.records import EndRecord
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_FEED_CHUNK: Final = 1 << 20
+"""Bytes the CLI reads from a streamed task source at a time: a read returns what has
+arrived, so a slow source is passed on line by line and a fast one in big batches."""
 
 
 class _UsageError(Exception):
@@ -34,36 +49,6 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise _UsageError(message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a usable number of seconds: {text!r}")
-    return value
 
 
 def _parser() -> _Parser:
@@ -78,7 +63,8 @@ def _parser() -> _Parser:
         description=(
             'Run a JSONL task file ({"id": ..., "cmd": ...} per line), or with --lines one '
             "shell command per line. Results go to stdout, one JSON line per task, as tasks "
-            "finish; a progress bar goes to stderr when it is a terminal."
+            "finish; a progress bar goes to stderr when it is a terminal. A regular file is "
+            "validated whole before any task starts; a pipe or stdin is run as it arrives."
         ),
     )
     run.add_argument("file", metavar="FILE", help="task file, or - for stdin")
@@ -87,112 +73,117 @@ def _parser() -> _Parser:
         action="store_true",
         help="FILE holds one shell command per line (id: line number)",
     )
-    run.add_argument(
-        "-j",
-        "--parallel",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help=f"tasks at once (default: 2 x usable CPUs = {default_parallel()})",
-    )
     run.add_argument("--ordered", action="store_true", help="print results in task order")
-    run.add_argument("--timeout", type=_seconds, metavar="S", help="default time limit per task")
-    run.add_argument(
-        "--kill-grace", type=_seconds, default=2.0, metavar="S", help="SIGTERM to SIGKILL (2)"
-    )
-    run.add_argument("--max-output", type=_count, metavar="BYTES", help="cap each stream per task")
-    run.add_argument("--output-dir", metavar="DIR", help="write task output to files in DIR")
-    run.add_argument("--retries", type=_count, default=0, metavar="N", help="retry failed tasks")
-    run.add_argument("--retry-delay", type=_seconds, default=0.0, metavar="S")
-    run.add_argument("--halt", type=_positive_int, metavar="N", help="stop after N failed tasks")
-    run.add_argument("--halt-now", action="store_true", help="with --halt, kill running tasks")
-    run.add_argument("--journal", metavar="PATH", help="append each result durably to PATH")
-    run.add_argument("--resume", action="store_true", help="skip tasks the journal has")
+    add_cli_options(run)
     progress = run.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None)
     progress.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
 
-def _spool_copy(source: IO[bytes], workdir: str) -> str:
-    """Copy a stream into the private spool: the runner reads its task file twice."""
-    path = os.path.join(workdir, SPOOL_NAME)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as spool:
-        shutil.copyfileobj(source, spool, 1 << 20)
-    return path
-
-
 def _open_task_file(name: str) -> IO[bytes]:
-    """Open the task file once, or say in one line why it cannot be read."""
+    """Open the task file once, or say in one line why it cannot be read.
+
+    Opened only once: even opening a FIFO to check it would consume its writer's one
+    chance to be read.
+    """
     if name == "-":
         return sys.stdin.buffer
     try:
-        return open(name, "rb")  # the caller closes it
+        source = open(name, "rb")  # noqa: SIM115  # the caller closes it
     except OSError as exc:
         raise _UsageError(f"cannot read {name}: {exc.strerror}") from None
+    if stat.S_ISDIR(os.fstat(source.fileno()).st_mode):  # Linux opens one without complaint
+        source.close()
+        raise _UsageError(f"cannot read {name}: Is a directory")
+    return source
 
 
-def _task_file(name: str, stream: IO[bytes], workdir: str) -> str:
-    """The path the runner should read: the file itself, or a spooled copy of a stream.
+def _feed(source: IO[bytes], spool_path: str, runner: RunnerProcess) -> None:
+    """Copy a streamed task source into the spool as it arrives, announcing whole lines.
 
-    A pipe, <(process substitution), stdin or a device can be read only once, and the
-    runner reads its task file twice; it is opened here only once, since even opening a
-    FIFO to check it would consume its writer's one chance to be read.
+    Runs in a thread of its own, so that reading results never waits on the source.  A
+    last line without a newline is completed, as a file's would be read.
     """
-    if name != "-" and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-        return name
-    return _spool_copy(stream, workdir)
+    fd = source.fileno()
+    offset = 0
+    tail = b""
+    with open(spool_path, "ab") as spool:
+        try:
+            while data := os.read(fd, _FEED_CHUNK):
+                data = tail + data if tail else data
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    spool.write(data[:cut])
+                    spool.flush()
+                    offset += cut
+                    runner.more(offset)
+                tail = data[cut:]
+            if tail:
+                spool.write(tail + b"\n")
+                spool.flush()
+                offset += len(tail) + 1
+        except OSError:  # the source broke, or the disk is full: run what arrived
+            pass
+    runner.end_input(offset)
 
 
 def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
-    if args.resume and args.journal is None:
-        raise _UsageError("--resume needs --journal PATH")
-    options = RunOptions(
-        parallel=args.parallel or default_parallel(),
-        timeout=args.timeout,
-        kill_grace=args.kill_grace,
-        max_output=args.max_output,
-        output_dir=args.output_dir,
-        retries=args.retries,
-        retry_delay=args.retry_delay,
-        halt=args.halt,
-        halt_now=args.halt_now,
-        journal=args.journal,
-        resume=args.resume,
-    )
+    options = cli_options(args)
     task_format: TaskFormat = "lines" if args.lines else "jsonl"
     source = _open_task_file(args.file)
-    if os.path.isdir(args.file):  # Linux opens a directory read-only without complaint
-        source.close()
-        raise _UsageError(f"cannot read {args.file}: Is a directory")
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    stream = args.file == "-" or not stat.S_ISREG(os.fstat(source.fileno()).st_mode)
     workdir = tempfile.mkdtemp(prefix="leanpool-")
     try:
-        with source:
-            tasks = _task_file(args.file, source, workdir)
-        config = options.config(tasks, task_format, ordered=args.ordered, cleanup_dir=workdir)
+        path = os.path.abspath(args.file)
+        if stream:
+            path = os.path.join(workdir, SPOOL_NAME)
+            with open(path, "xb"):
+                pass
+        config: RunnerConfig = {
+            "options": options,
+            "input": {"path": path, "format": task_format, "stream": stream},
+            "ordered": args.ordered,
+            "cleanup_dir": workdir,
+            "spill_dir": None,
+        }
         runner = RunnerProcess(config, workdir, share_stderr=True)
+        if stream:
+            feeder = threading.Thread(
+                target=_feed, args=(source, path, runner), name="leanpool-feed", daemon=True
+            )
+            feeder.start()
+        else:
+            source.close()
         bar = _Progress() if show_progress else None
         try:
-            for line in runner.lines(on_start=None if bar is None else bar.start):
-                out.write(line)
-                out.flush()
-                if bar is not None:
-                    bar.advance(line)
+            for event in runner.events():
+                if isinstance(event, ResultEvent):
+                    out.write(event.line)
+                    out.flush()
+                    if bar is not None:
+                        bar.advance(ok=event.record["ok"])
+                elif bar is not None and isinstance(event, (Started, Skipped)):
+                    bar.started(event)
+                elif isinstance(event, Ended):
+                    return _exit_status(event.record)
         finally:
             if bar is not None:
                 bar.close()
             runner.close()
-        end = runner.end or {}
-        if end.get("interrupted") and not end.get("halted"):
-            _say(f"stopped by {end.get('stopped_by')}; {end.get('unfinished')} task(s) unfinished")
-            return EXIT_INTERRUPTED if end.get("stopped_by") == "SIGINT" else EXIT_FAILED
-        if end.get("halted"):
-            _say(f"halted after {end.get('failed')} failed task(s)")
-        return EXIT_OK if not end.get("failed") and not end.get("unfinished") else EXIT_FAILED
+        raise AssertionError("the runner's events end with Ended or raise")  # pragma: no cover
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _exit_status(end: EndRecord) -> int:
+    if end["interrupted"] and not end["halted"]:
+        _say(f"stopped by {end['stopped_by']}; {end['unfinished']} task(s) unfinished")
+        return EXIT_INTERRUPTED if end["stopped_by"] == "SIGINT" else EXIT_FAILED
+    if end["halted"]:
+        _say(f"halted after {end['failed']} failed task(s)")
+    return EXIT_OK if not end["failed"] and not end["unfinished"] else EXIT_FAILED
 
 
 class _Progress:
@@ -204,13 +195,18 @@ class _Progress:
         self._bar = tqdm(total=None, unit="task", file=sys.stderr, dynamic_ncols=True)
         self._failed = 0
 
-    def start(self, total: int, skipped: int) -> None:
-        self._bar.reset(total=total - skipped)
+    def started(self, event: Started | Skipped) -> None:
+        if isinstance(event, Started):
+            if event.total is not None:
+                self._bar.reset(total=event.total - (event.skipped or 0))
+            skipped = event.skipped or 0
+        else:
+            skipped = event.count
         if skipped:
             self._bar.set_description(f"resumed, {skipped} done before")
 
-    def advance(self, line: bytes) -> None:
-        if b'"ok":false' in line:
+    def advance(self, *, ok: bool) -> None:
+        if not ok:
             self._failed += 1
             self._bar.set_postfix(failed=self._failed, refresh=False)
         self._bar.update()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from leanpool import Result, TaskRunner, run_tasks
-from tests.conftest import FLOODS_STDOUT, PRINTS_OPEN_FDS, PY
+from tests.helpers import FLOODS_STDOUT, PRINTS_OPEN_FDS, PY
 
 
 def run_all(runner: TaskRunner, **kw: bool) -> dict[str | int, Result]:
@@ -164,15 +164,16 @@ def test_ordered_results_follow_task_order() -> None:
     assert [r.id for r in runner.run(ordered=True)] == list(range(8))
 
 
-def test_adding_during_a_run_is_an_error_and_runner_is_reusable() -> None:
+def test_a_task_added_during_a_run_runs_in_it_and_the_runner_is_reusable() -> None:
     runner = TaskRunner(2)
     runner.add(1, "echo 1")
     results = runner.run()
-    next(results)
-    with pytest.raises(RuntimeError, match="while a run is in progress"):
-        runner.add(2, "echo 2")
-    assert list(results) == []
-    runner.add(3, "echo 3")
+    assert next(results).stdout == "1\n"
+    runner.add(2, "echo 2")  # from the loop body: the same run
+    assert [r.stdout for r in results] == ["2\n"]
+    assert runner.summary is not None
+    assert (runner.summary.total, runner.summary.completed) == (2, 2)
+    runner.add(3, "echo 3")  # after the run: a new batch
     assert [r.stdout for r in runner.run()] == ["3\n"]
     assert list(runner.run()) == []
 
@@ -246,12 +247,13 @@ def test_constructor_validates_arguments(kwargs: dict[str, object], message: str
 
 
 def test_runner_imports_nothing_but_the_standard_library() -> None:
-    """The runner process must stay lean: no API, no CLI, no third-party module."""
+    """The runner process must stay lean: no API, no CLI, no third-party module, and
+    nothing that could unpickle."""
     import subprocess
 
-    from leanpool._launch import _BOOTSTRAP, runner_command
+    from leanpool._caller.process import BOOTSTRAP, runner_command
 
-    probe = _BOOTSTRAP.replace(
+    probe = BOOTSTRAP.replace(
         "sys.exit(main(sys.argv[2:]))", "import sys as s;print(sorted(s.modules))"
     )
     argv = runner_command({})  # type: ignore[typeddict-item]
@@ -259,21 +261,16 @@ def test_runner_imports_nothing_but_the_standard_library() -> None:
     out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
     modules = set(ast.literal_eval(out))
     ours = {m for m in modules if m.split(".")[0] == "leanpool"}
-    assert ours <= {
-        "leanpool",
-        "leanpool._runner",
-        "leanpool._task",
-        "leanpool._wire",
-        "leanpool._spool",
-        "leanpool._journal",
-        "leanpool._supervise",
-        "leanpool._errors",
-    }
+    allowed_rooms = ("leanpool._runner", "leanpool._protocol")
+    assert all(
+        m in ("leanpool", "leanpool._errors") or m.startswith(allowed_rooms) for m in ours
+    ), ours
+    assert "leanpool._runner.loop" in ours  # the probe did import the runner
+    assert not {m for m in ours if m.startswith("leanpool._protocol.reader")}
     stdlib = sys.stdlib_module_names | {"__main__"}
     foreign = {m for m in modules - ours if m.split(".")[0] not in stdlib}
     assert not foreign, foreign
-    assert "leanpool._api" not in modules
-    assert "tqdm" not in modules
+    assert not {"leanpool._api", "leanpool._cli", "tqdm", "pickle", "_pickle"} & modules
 
 
 def test_task_that_closes_its_pipes_before_exiting(exit_watch: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PY, holders_of, wait_for
+from tests.helpers import PY, holders_of, wait_for
 
 TASKS = 2000
 

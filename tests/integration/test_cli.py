@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import PY, leanpool_cli
+from tests.helpers import PY, leanpool_cli
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -90,10 +90,10 @@ def test_any_failure_gives_status_1(tmp_path: Path) -> None:
             "invalid task on line 2: not valid UTF-8",
         ),
         (["run", "{file}"], b'{"id": 1}\n', "invalid task on line 1: missing 'cmd'"),
-        (["run", "{file}", "-j", "0"], b"", "-j/--parallel: must be at least 1, not 0"),
+        (["run", "{file}", "-j", "0"], b"", "-j/--parallel must be at least 1, not 0"),
         (["run", "{file}", "-j", "x"], b"", "not an integer: 'x'"),
         (["run", "{file}", "--timeout", "soon"], b"", "not a number of seconds"),
-        (["run", "{file}", "--resume"], b"", "--resume needs --journal"),
+        (["run", "{file}", "--resume"], b"", "--resume needs a journal to resume from"),
         (["run"], None, "the following arguments are required: FILE"),
         (["walk"], None, "invalid choice: 'walk'"),
         ([], None, "the following arguments are required: command"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from leanpool import Result, RunnerCrashed, TaskRunner
-from tests.conftest import (
+from tests.helpers import (
     FORKS_GRANDCHILD,
     IGNORES_TERM,
     PY,

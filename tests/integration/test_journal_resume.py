@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from leanpool import JournalError, LeanpoolError, Result, TaskFileError, TaskRunner
-from tests.conftest import PY, holders_of, leanpool_cli, runner_pids, wait_for
+from tests.helpers import PY, holders_of, leanpool_cli, runner_pids, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

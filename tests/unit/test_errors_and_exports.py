@@ -8,7 +8,7 @@ import pytest
 
 import leanpool
 from leanpool import RunnerCrashed, TaskFailed, TaskFileError
-from leanpool._result import Result
+from leanpool._caller.result import Result
 
 
 def test_all_is_complete_and_sorted() -> None:

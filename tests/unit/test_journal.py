@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from leanpool import JournalError
-from leanpool._journal import Journal
+from leanpool._protocol.journal import Journal
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -57,7 +57,7 @@ def test_existing_journal_needs_resume(tmp_path: Path) -> None:
 
 
 def test_one_journal_one_run_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("leanpool._journal.JOURNAL_LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr("leanpool._protocol.journal.JOURNAL_LOCK_WAIT_S", 0.2)
     first = Journal(str(tmp_path / "j.jsonl"), resume=True)
     try:
         with pytest.raises(JournalError, match="in use by another run"):

@@ -8,18 +8,18 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from leanpool import TaskFileError
-from leanpool._task import Task, parse_line, parse_text_line
+from leanpool._protocol.tasks import CommandTask, parse_line, parse_text_line
 
 
 def test_shell_command_runs_through_sh() -> None:
     task = parse_line(b'{"id": "a", "cmd": "echo 1"}\n', 1)
-    assert task is not None
+    assert isinstance(task, CommandTask)
     assert (task.id, task.argv, task.shell) == ("a", ["/bin/sh", "-c", "echo 1"], True)
 
 
 def test_argv_list_runs_directly() -> None:
     task = parse_line(b'{"id": 7, "cmd": ["grep", "-c", "x"]}', 3)
-    assert task is not None
+    assert isinstance(task, CommandTask)
     assert (task.id, task.argv, task.shell, task.line) == (7, ["grep", "-c", "x"], False, 3)
 
 
@@ -35,7 +35,7 @@ def test_optional_fields() -> None:
         }
     ).encode()
     task = parse_line(line, 1)
-    assert task is not None
+    assert isinstance(task, CommandTask)
     assert (task.stdin, task.env, task.cwd, task.timeout) == (
         b"hi",
         {"A": "1", "B": None},
@@ -46,7 +46,7 @@ def test_optional_fields() -> None:
 
 def test_stdin_b64_gives_exact_bytes() -> None:
     task = parse_line(b'{"id": 1, "cmd": "cat", "stdin_b64": "/w=="}', 1)
-    assert task is not None
+    assert isinstance(task, CommandTask)
     assert task.stdin == b"\xff"
 
 
@@ -90,7 +90,7 @@ def test_invalid_lines_name_the_line_and_reason(line: bytes, reason: str) -> Non
 
 def test_text_lines_take_the_line_number_as_id() -> None:
     task = parse_text_line(b"echo hi | tr a-z A-Z\n", 5)
-    assert task is not None
+    assert isinstance(task, CommandTask)
     assert (task.id, task.argv) == (5, ["/bin/sh", "-c", "echo hi | tr a-z A-Z"])
     assert parse_text_line(b"  \n", 6) is None
     with pytest.raises(TaskFileError, match="line 7"):
@@ -106,7 +106,7 @@ def test_any_bytes_give_a_task_or_a_task_file_error(raw: bytes) -> None:
         assert exc.line == 9
         assert exc.reason
     else:
-        assert task is None or isinstance(task, Task)
+        assert task is None or isinstance(task, CommandTask)
 
 
 json_values = st.recursive(
@@ -133,5 +133,5 @@ def test_any_json_object_gives_a_task_or_a_task_file_error(record: dict[str, obj
     except TaskFileError as exc:
         assert exc.line == 3
     else:
-        assert task is not None
+        assert isinstance(task, CommandTask)
         assert task.id == record["id"]

@@ -19,7 +19,7 @@ import stat
 import time
 from typing import Final
 
-from ._errors import JournalError
+from .._errors import JournalError
 
 __all__ = ["JOURNAL_LOCK_WAIT_S", "JOURNAL_SYNC_S", "Journal"]
 

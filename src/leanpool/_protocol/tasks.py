@@ -1,4 +1,10 @@
-"""The task model: what one line of a task file may hold, and its validation.
+"""Task kinds: what one line of a task file may hold, and its validation.
+
+A task record is one JSON object with an ``id`` and exactly one *kind* field that says
+what to run: ``cmd`` (a shell command or an argv) today, ``call`` (a Python call) next.
+Each kind has its class here, a subclass of ``Task`` carrying the fields its children
+need, and a line in ``KINDS``; the runner picks the kind of child to start from the
+task's class (``leanpool._runner.children``).
 
 Shared by the caller (``TaskRunner.add`` checks a task before spooling it) and by the
 runner (which checks every line again, since a task file may come from anywhere).
@@ -10,15 +16,17 @@ from __future__ import annotations
 import binascii
 import json
 import math
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
-from ._errors import TaskFileError
+from .._errors import TaskFileError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
-    "TASK_FIELDS",
+    "COMMON_FIELDS",
+    "KINDS",
+    "CommandTask",
     "InvalidTask",
     "Task",
     "parse_line",
@@ -26,11 +34,8 @@ __all__ = [
     "task_from_record",
 ]
 
-TASK_FIELDS: Final = ("id", "cmd", "env", "cwd", "stdin", "stdin_b64", "timeout")
-"""Every field a task record may have; any other field is refused, so that a typo such as
-``"timout"`` is an error instead of a silently ignored setting."""
-
-_FIELD_SET: Final = frozenset(TASK_FIELDS)
+COMMON_FIELDS: Final = ("id", "timeout", "kill_leftovers")
+"""Fields every kind of task may have."""
 
 _scan: Final[Callable[[str, int], tuple[object, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # not in typeshed
 """The C scanner behind json.loads, without its two regex passes and three Python frames:
@@ -47,13 +52,47 @@ class InvalidTask(ValueError):
 
 
 class Task:
-    """One validated task, as the runner needs it.
+    """One validated task of any kind: what every kind shares.
 
-    A plain slotted class rather than a dataclass: the runner builds one per task and
+    Plain slotted classes rather than dataclasses: the runner builds one per task and
     the dataclasses module is more import than it needs.
+
+    Attributes:
+        id: the id its result will carry.
+        line: its line number in the task file (0 for a task not read from a file).
+        timeout: its own time limit, or None for the run's.
+        kill_leftovers: whether processes it leaves in its group are killed when its
+            main process ends; None for the run's choice.
     """
 
-    __slots__ = ("argv", "cwd", "env", "id", "line", "shell", "stdin", "timeout")
+    __slots__ = ("id", "kill_leftovers", "line", "timeout")
+
+    kind: ClassVar[str]
+    """The record field that names this kind of task."""
+    fields: ClassVar[tuple[str, ...]]
+    """Every field a record of this kind may have."""
+
+    def __init__(
+        self,
+        task_id: str | int,
+        *,
+        line: int,
+        timeout: float | None = None,
+        kill_leftovers: bool | None = None,
+    ) -> None:
+        self.id = task_id
+        self.line = line
+        self.timeout = timeout
+        self.kill_leftovers = kill_leftovers
+
+
+class CommandTask(Task):
+    """A shell command (``/bin/sh -c``) or an argv, run as its own process group."""
+
+    __slots__ = ("argv", "cwd", "env", "shell", "stdin")
+
+    kind = "cmd"
+    fields = (*COMMON_FIELDS, "cmd", "env", "cwd", "stdin", "stdin_b64")
 
     def __init__(
         self,
@@ -66,18 +105,17 @@ class Task:
         cwd: str | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,
+        kill_leftovers: bool | None = None,
     ) -> None:
-        self.id = task_id
+        super().__init__(task_id, line=line, timeout=timeout, kill_leftovers=kill_leftovers)
         self.argv = argv
         self.shell = shell
-        self.line = line
         self.env = env
         self.cwd = cwd
         self.stdin = stdin
-        self.timeout = timeout
 
     def __repr__(self) -> str:
-        return f"<Task {self.id!r} line {self.line}: {self.argv!r}>"
+        return f"<CommandTask {self.id!r} line {self.line}: {self.argv!r}>"
 
 
 def _check_id(value: object) -> str | int:
@@ -165,12 +203,20 @@ def _check_stdin(record: dict[str, object]) -> bytes | None:
     return None
 
 
-def task_from_record(record: object, line: int) -> Task:
-    """Validate one decoded task record and build its Task.
+def _check_flag(name: str, value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidTask(
+        f"'{name}' must be true or false, not {type(value).__name__}", wrong_type=True
+    )
 
-    The runner calls this twice per task (validation pass, run pass), so the common
-    record, ``{"id": ..., "cmd": "..."}``, takes a short path with no allocation but
-    the Task itself.
+
+def task_from_record(record: object, line: int) -> Task:
+    """Validate one decoded task record and build its Task, of the kind the record names.
+
+    The runner calls this for every task it reads (twice for a task file: validation
+    pass, run pass), so the common record, ``{"id": ..., "cmd": "..."}``, takes a short
+    path with no allocation but the Task itself.
 
     Raises:
         InvalidTask: the record is not a valid task (the reason names the field).
@@ -186,24 +232,17 @@ def task_from_record(record: object, line: int) -> Task:
     if type(task_id) is not str and type(task_id) is not int:
         _check_id(task_id)
     if type(cmd) is str and cmd and not cmd.isspace():
-        return Task(task_id, ["/bin/sh", "-c", cmd], shell=True, line=line)
+        return CommandTask(task_id, ["/bin/sh", "-c", cmd], shell=True, line=line)
     argv, shell = _check_cmd(cmd)
-    return Task(task_id, argv, shell=shell, line=line)
+    return CommandTask(task_id, argv, shell=shell, line=line)
 
 
-def _full_task(record: dict[str, object], line: int) -> Task:
-    for key in record:
-        if key not in _FIELD_SET:
-            raise InvalidTask(f"unknown field {key!r} (task fields are: {', '.join(TASK_FIELDS)})")
-    if "id" not in record:
-        raise InvalidTask("missing 'id'")
-    if "cmd" not in record:
-        raise InvalidTask("missing 'cmd'")
+def _command_task(record: dict[str, object], line: int) -> CommandTask:
     argv, shell = _check_cmd(record["cmd"])
     cwd = record.get("cwd")
     if cwd is not None and not isinstance(cwd, str):
         raise InvalidTask(f"'cwd' must be a string, not {type(cwd).__name__}", wrong_type=True)
-    return Task(
+    return CommandTask(
         _check_id(record["id"]),
         argv,
         shell=shell,
@@ -212,7 +251,36 @@ def _full_task(record: dict[str, object], line: int) -> Task:
         cwd=cwd or None,
         stdin=_check_stdin(record),
         timeout=_check_timeout(record.get("timeout")),
+        kill_leftovers=_check_flag("kill_leftovers", record.get("kill_leftovers")),
     )
+
+
+KINDS: Final[dict[str, tuple[type[Task], Callable[[dict[str, object], int], Task]]]] = {
+    CommandTask.kind: (CommandTask, _command_task),
+}
+"""Each kind of task: the field that names it, its class and the function that builds
+one from a record whose fields are known to be its own.  A new kind is one line here
+and one kind of child in the runner."""
+
+
+def _full_task(record: dict[str, object], line: int) -> Task:
+    kinds = [key for key in KINDS if key in record]
+    if not kinds:
+        if "id" not in record:
+            raise InvalidTask("missing 'id'")
+        raise InvalidTask(f"missing {' or '.join(repr(k) for k in KINDS)}: what to run")
+    if len(kinds) > 1:
+        raise InvalidTask(f"a task has one kind, not {' and '.join(map(repr, kinds))}")
+    cls, build = KINDS[kinds[0]]
+    for key in record:
+        if key not in cls.fields:
+            raise InvalidTask(
+                f"unknown field {key!r} (fields of a {cls.kind!r} task are: "
+                f"{', '.join(cls.fields)})"
+            )
+    if "id" not in record:
+        raise InvalidTask("missing 'id'")
+    return build(record, line)
 
 
 def _json_kind(value: object) -> str:
@@ -265,9 +333,9 @@ def _loads_or_explain(text: str, line: int) -> object:
         raise TaskFileError(line, f"not valid JSON ({exc})") from None
 
 
-def parse_text_line(raw: bytes, line: int) -> Task | None:
+def parse_text_line(raw: bytes, line: int) -> CommandTask | None:
     """Parse one line of a plain command list (``--lines``): the id is the line number."""
     text = _decode(raw, line).rstrip("\r\n")
     if not text or text.isspace():
         return None
-    return Task(line, ["/bin/sh", "-c", text], shell=True, line=line)
+    return CommandTask(line, ["/bin/sh", "-c", text], shell=True, line=line)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import binascii
-import json
 import os
 from dataclasses import dataclass, field
-from typing import final
+from typing import TYPE_CHECKING, final
 
-from ._errors import TaskFailed
+from .._errors import TaskFailed
 
-__all__ = ["Result", "RunSummary", "result_from_line"]
+if TYPE_CHECKING:
+    from .._protocol.records import ResultRecord
+
+__all__ = ["Result", "RunSummary", "result_from_record"]
 
 
 @final
@@ -116,13 +118,12 @@ class RunSummary:
     halted: bool
 
 
-def result_from_line(line: bytes) -> Result:
-    """Decode one result line of the protocol into a Result.
+def result_from_record(record: ResultRecord) -> Result:
+    """Build the Result of one result record (checked by the RecordReader).
 
     Raises:
-        ValueError: the line is not a valid result record.
+        ValueError: a field has the wrong type, or a spilled output cannot be read.
     """
-    record = json.loads(line)
     try:
         stdout, stdout_raw = _output(record, "stdout")
         stderr, stderr_raw = _output(record, "stderr")
@@ -152,14 +153,15 @@ def result_from_line(line: bytes) -> Result:
         raise ValueError(f"its spilled output cannot be read: {exc}") from None
 
 
-def _output(record: dict[str, object], name: str) -> tuple[str, bytes | None]:
+def _output(record: ResultRecord, name: str) -> tuple[str, bytes | None]:
     """A stream's text, and its exact bytes when the runner spilled it to a file.
 
     A spill file is read once and removed: it exists only to carry this one result.
     """
-    spill = record.get(name + "_spill")
+    fields: dict[str, object] = record  # type: ignore[assignment]  # read by name
+    spill = fields.get(name + "_spill")
     if spill is None:
-        text = record[name]
+        text = fields[name]
         if not isinstance(text, str):
             raise TypeError(name)
         return text, None

@@ -1,0 +1,148 @@
+"""The seam between the loop and the kinds of child it runs.
+
+The loop does not know what a shell task is.  It starts an attempt of a task through the
+kind registered for the task's class (``kinds.CHILD_KINDS``), routes every event on a
+descriptor the child asked to watch to ``Child.on_event``, signals it on deadlines, and
+once ``Child.done`` turns the child's ``Outcome`` into a result record.  A kind of child
+is one module implementing ``Child`` and a line in ``kinds.py``: the shell kind
+(``shell.py``) is the first.
+
+What a child may ask of the loop is the ``Host`` protocol: watch a descriptor, forget
+one, a deadline, and "my process group outlived me".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from .reaping import signal_group
+
+if TYPE_CHECKING:
+    from .._protocol.tasks import Task
+    from .spawn import Environ
+    from .timers import When
+
+__all__ = ["Child", "ChildKind", "Host", "Outcome"]
+
+
+class Host(Protocol):
+    """What the loop offers a child."""
+
+    pidfds: bool
+    """Whether exits are watched through pidfds (else the loop reaps on SIGCHLD and
+    calls ``Child.on_exit``)."""
+    base_env: Environ
+    home_fd: int
+    max_output: int | None
+    output_dir: str | None
+
+    def watch(self, fd: int, events: int, child: Child) -> None:
+        """Route events on fd to child.on_event until ``forget(fd)``."""
+
+    def forget(self, fd: int) -> None:
+        """Stop watching fd and close it."""
+
+    def after(self, delay: float, what: When, child: Child) -> None:
+        """A deadline about child (``When.REAP``: call ``child.watch_exit()`` again)."""
+
+    def leftovers_found(self, child: Child) -> None:
+        """child's main process ended and left processes in its group: they get SIGTERM,
+        then SIGKILL after the grace, unless the task keeps its leftovers."""
+
+
+class Outcome:
+    """How an attempt ended, in the terms every kind shares; ``results`` makes the record.
+
+    Attributes:
+        status: exit code, minus the signal number for a signal (as subprocess).
+        stdout, stderr: the bytes kept (``max_output`` may have cut them).
+        stdout_truncated, stderr_truncated: bytes were dropped past ``max_output``.
+        stdout_file, stderr_file: where the output went instead, with ``output_dir``.
+    """
+
+    __slots__ = (
+        "status",
+        "stderr",
+        "stderr_file",
+        "stderr_truncated",
+        "stdout",
+        "stdout_file",
+        "stdout_truncated",
+    )
+
+    def __init__(self, status: int, stdout: bytes = b"", stderr: bytes = b"") -> None:
+        self.status = status
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdout_truncated = False
+        self.stderr_truncated = False
+        self.stdout_file: str | None = None
+        self.stderr_file: str | None = None
+
+
+class Child:
+    """One started attempt of a task, of some kind.
+
+    Life: ``start`` (the kind's constructor) -> events routed to ``on_event`` (and
+    ``on_exit`` on the SIGCHLD path) -> ``done`` -> ``outcome()``.  ``done`` becomes true
+    once: after that the child holds no descriptor and its main process is reaped.
+
+    Attributes:
+        task, seq, attempt: what runs (seq: the task's position in the input).
+        pid: the main process, leader of its own process group.
+        timed_out: the loop's timeout fired (set before it signals).
+        abandoned: the run is stopping and wants no result of this attempt.
+    """
+
+    __slots__ = ("abandoned", "attempt", "done", "pid", "seq", "started", "task", "timed_out")
+
+    def __init__(self, task: Task, seq: int, attempt: int, pid: int) -> None:
+        self.task = task
+        self.seq = seq
+        self.attempt = attempt
+        self.pid = pid
+        self.started = time.monotonic()
+        self.timed_out = False
+        self.abandoned = False
+        self.done = False
+
+    def on_event(self, fd: int, events: int) -> None:
+        """An event on one of the descriptors this child watches."""
+        raise NotImplementedError
+
+    def on_exit(self, status: int) -> None:
+        """The main process exited with status (already reaped by the loop)."""
+        raise NotImplementedError
+
+    def watch_exit(self) -> None:
+        """Try again to watch for the main process's exit (after ``When.REAP``)."""
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """The run is stopping: drop the output now; the loop signals the group."""
+        self.abandoned = True
+        self.timed_out = False
+
+    def signal(self, sig: int) -> None:
+        """Signal everything this attempt runs: its whole process group."""
+        signal_group(self.pid, sig)
+
+    def outcome(self) -> Outcome:
+        """How it ended; only once ``done``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "running"
+        return f"<{type(self).__name__} of task {self.task.id!r}, pid {self.pid}, {state}>"
+
+
+class ChildKind(Protocol):
+    """A kind of child: how to start one attempt of a task (``kinds.CHILD_KINDS``).
+
+    Raises:
+        SpawnError: the task cannot start; the loop makes it a failed result.
+        OSError: out of descriptors or processes for now; the loop tries again later.
+    """
+
+    def __call__(self, task: Task, seq: int, attempt: int, host: Host) -> Child: ...

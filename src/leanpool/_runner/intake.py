@@ -1,0 +1,165 @@
+"""What comes in: the caller's control records, and the tasks of the spool as it grows.
+
+The runner's stdin is the caller's channel: ``more`` and ``end_input`` records say how far
+the spool holds whole tasks, and EOF says the caller is gone.  Tasks are read one at a
+time, only when a slot is free, so the runner holds no more of the input than the tasks
+it runs.  Tasks whose id the journal already holds are skipped here; with a journal, an
+id seen twice is a bad line (a result could not be matched to its task).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from .._errors import TaskFileError
+from .._protocol.spool import SpoolReader, iter_tasks
+
+if TYPE_CHECKING:
+    from .._protocol.config import InputConfig
+    from .._protocol.tasks import Task
+
+__all__ = ["ControlError", "Intake"]
+
+
+class ControlError(Exception):
+    """The caller wrote something on the control channel that is not a control record."""
+
+
+class Intake:
+    """The input side of a run.
+
+    Invariants: ``tasks`` counts the tasks read (``skipped`` of them already in the
+    journal, never started); every other task read got the next ``seq``, from 0.  For a
+    task file validated whole, ``tasks`` and ``skipped`` are the file's totals from the
+    start.  ``caller_gone`` becomes true at EOF on stdin and stays so.
+    """
+
+    def __init__(self, config: InputConfig, done: set[str | int], *, unique_ids: bool) -> None:
+        self.stream = config["stream"]
+        self._path = config["path"]
+        self._format = config["format"]
+        self._reader = SpoolReader(self._path, self._format)
+        self._done = done
+        self._unique = unique_ids
+        self._first_line: dict[str | int, int] = {}
+        self._control = b""
+        self._validated = False
+        self.tasks = 0
+        self.skipped = 0
+        self.next_seq = 0
+        self.caller_gone = False
+
+    # -- a whole task file -----------------------------------------------------------------
+
+    def validate(self) -> None:
+        """The first pass over a task file: refuse all of it at its first bad line.
+
+        Counts its tasks and those the journal holds, and fixes the end of input at the
+        size it had, so that the run pass reads exactly what was validated.
+
+        Raises:
+            TaskFileError: naming the first bad line; no task has started.
+        """
+        with open(self._path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise TaskFileError(0, f"{self._path} is not a regular file")
+            size = os.fstat(f.fileno()).st_size
+        for task in iter_tasks(self._path, self._format):
+            self._check_unique(task)
+            self.tasks += 1
+            if task.id in self._done:
+                self.skipped += 1
+        self._first_line.clear()
+        self._validated = True
+        self._reader.announce(size, ended=True)
+
+    # -- the control channel ---------------------------------------------------------------
+
+    def on_control(self) -> None:
+        """Read what the caller wrote on stdin and act on each whole record.
+
+        Raises:
+            ControlError: a line is not a control record, or moves the offset back.
+        """
+        try:
+            data = os.read(0, 1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            self.caller_gone = True
+            return
+        lines = (self._control + data).split(b"\n")
+        self._control = lines.pop()
+        for line in lines:
+            self._apply(line)
+
+    def _apply(self, line: bytes) -> None:
+        try:
+            record = json.loads(line)
+            kind = record["leanpool"]
+            offset = record["offset"]
+        except (ValueError, TypeError, KeyError):
+            raise ControlError(f"not a control record: {line[:200]!r}") from None
+        if kind not in ("more", "end_input") or type(offset) is not int:
+            raise ControlError(f"not a control record: {line[:200]!r}")
+        if self._validated:
+            raise ControlError("a task file validated whole takes no more input")
+        try:
+            self._reader.announce(offset, ended=kind == "end_input")
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """How far the caller said the spool holds tasks."""
+        return self._reader.limit
+
+    @property
+    def exhausted(self) -> bool:
+        """No task will ever come again: input ended and all of it was read."""
+        return self._reader.ended and self._reader.drained
+
+    @property
+    def caught_up(self) -> bool:
+        """Every task announced so far has been read."""
+        return self._reader.drained
+
+    def next_task(self) -> tuple[Task, int] | None:
+        """The next task to run and its seq; None when none is readable now.
+
+        Raises:
+            TaskFileError: the next line is bad (only a stream can get here with one).
+        """
+        while True:
+            task = self._reader.next_task()
+            if task is None:
+                return None
+            if not self._validated:
+                self._check_unique(task)
+                self.tasks += 1
+            if task.id in self._done:
+                if not self._validated:
+                    self.skipped += 1
+                continue
+            seq = self.next_seq
+            self.next_seq += 1
+            return task, seq
+
+    def _check_unique(self, task: Task) -> None:
+        if not self._unique:
+            return
+        seen = self._first_line.setdefault(task.id, task.line)
+        if seen != task.line:
+            raise TaskFileError(
+                task.line,
+                f"id {task.id!r} was already used on line {seen}; "
+                "ids must be unique when a journal is kept",
+            )
+
+    def close(self) -> None:
+        self._reader.close()

@@ -1,0 +1,538 @@
+"""The runner's event loop: one epoll set, a phase, and named steps.
+
+Each turn of the loop: act on a stop signal; start tasks while there are free slots
+(``RUNNING`` only); decide whether the run is over, or idle; send the caller what it can
+take; wait for an event or the next deadline; route each event to its owner (a child,
+the control channel, the signal pipe, stdout); fire the deadlines that are due.  It
+never sleeps on a tick: every wake-up is an event or a deadline.
+
+Phases, and what moves the run from one to the next::
+
+    RUNNING ──halt──────────────────► DRAINING ──(nothing runs)──► end
+       │  └──bad streamed line──────►    │
+       │                                 │ signal, caller gone, halt now
+       └──signal, caller gone, halt now──┴──► STOPPING ──(nothing runs)──► end
+
+- ``RUNNING``: tasks start as slots free and input allows.
+- ``DRAINING``: nothing new starts; running tasks finish and report.
+- ``STOPPING``: every running group got SIGTERM (SIGKILL after ``INTERRUPT_GRACE_S``);
+  their results are not wanted; the run ends once they are reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import resource
+import select
+import signal
+import time
+from typing import TYPE_CHECKING, Final
+
+from .._errors import TaskFileError
+from .._protocol.journal import Journal
+from .._protocol.records import PROTOCOL_VERSION, encode_line
+from .children import Child
+from .intake import Intake
+from .kinds import CHILD_KINDS
+from .outbox import OUTPUT_BACKLOG, Outbox
+from .reaping import become_subreaper, group_alive, pidfds_work, reap_ready, signal_group
+from .results import result_of, signal_name, unstarted_result
+from .schedule import Attempt, Schedule
+from .spawn import SpawnError
+from .timers import Timers, When
+
+if TYPE_CHECKING:
+    from .._protocol.config import RunnerConfig
+    from .._protocol.records import (
+        EndRecord,
+        FatalRecord,
+        IdleRecord,
+        SkippedRecord,
+        StartRecord,
+    )
+    from .._protocol.tasks import Task
+    from .results import Built
+    from .spawn import Environ
+
+__all__ = ["INTERRUPT_GRACE_S", "Phase", "Runner"]
+
+INTERRUPT_GRACE_S: Final = 0.5
+"""Seconds between SIGTERM and SIGKILL when the whole run is stopped (Ctrl-C, caller gone,
+halt now): short, because whoever stopped the run is waiting for it to end."""
+
+_LEFTOVER_PROBE_S: Final = 0.01
+"""How often, at the end of a run, to look whether leftover groups obeyed SIGTERM before
+their SIGKILL is due: only on that path, and only while such a group exists."""
+
+EPOLLIN: Final = select.EPOLLIN
+
+
+class Phase(enum.Enum):
+    """Where the run is; see the module docstring."""
+
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+
+
+class Runner:
+    """One run: the loop and its state.
+
+    Invariants: ``active`` maps the pid of every started, unfinished child to it;
+    ``by_fd`` maps every watched descriptor to its child; a child leaves both in
+    ``_complete``, after which it holds no descriptor.  ``completed`` counts results
+    delivered, ``failed`` those of them not ok.  ``halted``, ``stopped_by`` and
+    ``bad_input`` are how the run ended, set once each.
+    """
+
+    def __init__(self, config: RunnerConfig) -> None:
+        self.config = config
+        options = config["options"]
+        self.options = options
+        self.phase = Phase.RUNNING
+        self.halted = False
+        self.stopped_by: str | None = None
+        self.bad_input: TaskFileError | None = None
+        self.completed = 0
+        self.failed = 0
+        self.epoll = select.epoll()
+        self.active: dict[int, Child] = {}
+        self.by_fd: dict[int, Child] = {}
+        self.timers: Timers[object] = Timers()
+        self.schedule = Schedule(
+            self.timers,
+            parallel=options["parallel"],
+            retries=options["retries"],
+            retry_delay=options["retry_delay"],
+        )
+        self.journal: Journal | None = None
+        if options["journal"] is not None:
+            self.journal = Journal(options["journal"], resume=options["resume"])
+        self.intake = Intake(
+            config["input"],
+            set() if self.journal is None else self.journal.done,
+            unique_ids=self.journal is not None,
+        )
+        self.outbox = Outbox(self.epoll, self.journal, ordered=config["ordered"])
+        self._idle_at = -1
+        self._skipped_sent = 0
+        self._signalled = 0
+        # What the Host protocol offers children.
+        self.pidfds = pidfds_work()
+        self.base_env: Environ = dict(os.environb)  # encoded once: posix_spawn takes it as is
+        self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.max_output = options["max_output"]
+        self.output_dir = options["output_dir"]
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run to the end; 0 after an ``end`` record, 1 after a ``fatal`` one."""
+        self._install_signals()
+        become_subreaper()
+        start: StartRecord = {"leanpool": "start", "protocol": PROTOCOL_VERSION}
+        if not self.intake.stream:
+            self.intake.validate()
+            start["total"] = self.intake.tasks
+            start["skipped"] = self.intake.skipped
+        self._raise_fd_limit()
+        self.outbox.control(encode_line(start))
+        try:
+            self._loop()
+            self._kill_leftovers_at_end()
+        finally:
+            self._kill_all()
+        self.outbox.release_held()
+        if self.bad_input is not None:
+            self.outbox.control(encode_line(self._fatal_record()))
+        else:
+            self.outbox.control(encode_line(self._end_record()))
+        if self.journal is not None:
+            self.journal.close()
+        self.outbox.flush(final=True)
+        caller_gone = self.intake.caller_gone or self.outbox.caller_gone
+        if caller_gone and self.config["cleanup_dir"]:
+            _remove_dir(self.config["cleanup_dir"])
+        return 1 if self.bad_input is not None else 0
+
+    def _loop(self) -> None:
+        poll = self.epoll.poll
+        by_fd = self.by_fd
+        outbox = self.outbox
+        while True:
+            if self._signalled:
+                self._on_signal()
+            if self.phase is Phase.RUNNING:
+                self._fill()
+                if self.intake.skipped != self._skipped_sent:
+                    self._send_skipped()
+            if not self.active and self._over():
+                return
+            if outbox.backlog:
+                outbox.flush()
+                if outbox.caller_gone:
+                    self._caller_gone()
+                    continue
+            for fd, events in poll(self.timers.wait_s()):
+                child = by_fd.get(fd)
+                if child is not None:
+                    child.on_event(fd, events)
+                    if child.done:
+                        self._complete(child)
+                elif fd == self.wake_r:
+                    self._on_wake()
+                elif fd == 0:
+                    self._on_control()
+                elif fd == 1:
+                    outbox.flush()
+            if self.timers:
+                self._fire_deadlines()
+
+    def _over(self) -> bool:
+        """With nothing running: is the run over?  Say ``idle`` when input may grow."""
+        if self.phase is not Phase.RUNNING:
+            return True
+        intake = self.intake
+        if self.schedule.pending:
+            return False
+        if intake.exhausted:
+            return True
+        if intake.caught_up and intake.offset != self._idle_at:
+            self._idle_at = intake.offset
+            idle: IdleRecord = {
+                "leanpool": "idle",
+                "protocol": PROTOCOL_VERSION,
+                "offset": intake.offset,
+            }
+            self.outbox.control(encode_line(idle))
+        return False
+
+    def _send_skipped(self) -> None:
+        self._skipped_sent = self.intake.skipped
+        if self.intake.stream:  # a task file's count was in the start record
+            record: SkippedRecord = {
+                "leanpool": "skipped",
+                "protocol": PROTOCOL_VERSION,
+                "skipped": self._skipped_sent,
+            }
+            self.outbox.control(encode_line(record))
+
+    # -- starting --------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        active = self.active
+        schedule = self.schedule
+        outbox = self.outbox
+        while len(active) < schedule.parallel and outbox.backlog < OUTPUT_BACKLOG:
+            if schedule.ready:
+                waiting = schedule.ready.popleft()
+                task, seq, attempt = waiting.task, waiting.seq, waiting.number
+            else:
+                try:
+                    fresh = self.intake.next_task()
+                except TaskFileError as exc:
+                    self._on_bad_input(exc)
+                    return
+                if fresh is None:
+                    return
+                task, seq = fresh
+                attempt = 1
+            if not self._start(task, seq, attempt):
+                return
+
+    def _start(self, task: Task, seq: int, attempt: int) -> bool:
+        """Start one attempt; False when the system is out of resources for now."""
+        try:
+            child = CHILD_KINDS[type(task)](task, seq, attempt, self)
+        except SpawnError as exc:
+            self._unstarted(task, seq, attempt, exc.status, exc.message)
+            return True
+        except OSError as exc:  # EMFILE, ENFILE, EAGAIN, ENOMEM: out of resources
+            verdict = self.schedule.out_of_resources(len(self.active))
+            if verdict is False:  # nothing of ours holds it, and waiting did not help
+                self._unstarted(task, seq, attempt, 126, f"cannot start: {exc.strerror}")
+                return True
+            self.schedule.ready.appendleft(Attempt(task, seq, attempt))
+            if isinstance(verdict, str):
+                _warn(f"{exc.strerror}: {verdict}")
+            return False
+        self.schedule.started()
+        self.active[child.pid] = child
+        timeout = task.timeout if task.timeout is not None else self.options["timeout"]
+        if timeout is not None:
+            self.timers.add(timeout, When.TERM, child)
+        return True
+
+    def _raise_fd_limit(self) -> None:
+        # Each running task holds up to four descriptors (three pipes, a pidfd); raise the
+        # soft limit only when the default would not do, since tasks inherit it.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need = 4 * self.schedule.parallel + 64
+        if soft != resource.RLIM_INFINITY and soft < need:
+            new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+    # -- what children ask of the loop (the Host protocol) ----------------------------------
+
+    def watch(self, fd: int, events: int, child: Child) -> None:
+        self.by_fd[fd] = child
+        self.epoll.register(fd, events)
+
+    def forget(self, fd: int) -> None:
+        # Unregister before closing: closing our descriptor does not always remove it from
+        # the epoll set.  A task started a moment ago may still hold a copy of it, since
+        # the vfork parent resumes at exec_mmap, before the child closes its
+        # close-on-exec descriptors; the registration would then outlive our close and
+        # report a later pipe that reuses the number as hung up (it did, in the
+        # benchmark: a few results in a thousand came back empty).
+        with contextlib.suppress(OSError):
+            self.epoll.unregister(fd)
+        del self.by_fd[fd]
+        os.close(fd)
+
+    def after(self, delay: float, what: When, child: Child) -> None:
+        self.timers.add(delay, what, child)
+
+    def leftovers_found(self, child: Child) -> None:
+        keep = child.task.kill_leftovers
+        if keep is None:
+            keep = self.options["kill_leftovers"]
+        if not keep and not child.timed_out and not child.abandoned:
+            return  # left behind on purpose
+        grace = INTERRUPT_GRACE_S if child.abandoned else self.options["kill_grace"]
+        signal_group(child.pid, signal.SIGTERM)
+        self.timers.add(grace, When.KILL_LEFTOVERS, child.pid)
+
+    def _reap_adopted(self) -> None:
+        """Reap every child that exited: adopted leftovers, and any task of ours whose
+        exit had not been collected yet (it is finished as it would have been)."""
+        active = self.active
+        for pid, status in reap_ready():
+            child = active.get(pid)
+            if child is not None:
+                child.on_exit(status)
+                if child.done:
+                    self._complete(child)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        self.wake_r = wake_r
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        if not self.pidfds:
+            signal.signal(signal.SIGCHLD, _ignore_signal)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            # A signal ignored by whoever started us stays ignored, as shells do.
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._on_stop_signal)
+        self.epoll.register(wake_r, EPOLLIN)
+        # EOF on stdin means the caller is gone; a stdin that is not a pipe cannot say so.
+        with contextlib.suppress(OSError):
+            self.epoll.register(0, EPOLLIN)
+
+    def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        self._signalled = signum
+
+    def _on_signal(self) -> None:
+        name = signal_name(self._signalled)
+        self._signalled = 0
+        _warn(f"{name}: stopping every task")
+        self._stop(by=name)
+
+    def _on_wake(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        if self._signalled:
+            self._on_signal()
+        if not self.pidfds:  # SIGCHLD: some child exited
+            self._reap_adopted()
+
+    def _on_control(self) -> None:
+        self.intake.on_control()
+        if self.intake.caller_gone:
+            self.epoll.unregister(0)
+            self._caller_gone()
+
+    def _caller_gone(self) -> None:
+        """Nobody will read results: stop (a run already stopped keeps its reason)."""
+        self._stop(by="caller")
+
+    def _fire_deadlines(self) -> None:
+        for deadline in self.timers.due():
+            what = deadline.what
+            subject = deadline.subject
+            if what is When.RETRY:
+                assert isinstance(subject, Attempt)
+                self.schedule.retry_due(subject, stopping=self.phase is not Phase.RUNNING)
+            elif what is When.KILL_LEFTOVERS:
+                assert isinstance(subject, int)
+                # Its leader was reaped: a new task of ours may have its pid by now.
+                if subject not in self.active:
+                    signal_group(subject, signal.SIGKILL)
+                self._reap_adopted()
+            elif what is not When.WAKE:  # WAKE only wakes the loop: _fill runs next
+                assert isinstance(subject, Child)
+                if subject.done or self.active.get(subject.pid) is not subject:
+                    continue  # finished meanwhile
+                if what is When.REAP:
+                    subject.watch_exit()
+                elif what is When.TERM:
+                    subject.timed_out = not subject.abandoned
+                    subject.signal(signal.SIGTERM)
+                    grace = INTERRUPT_GRACE_S if subject.abandoned else self.options["kill_grace"]
+                    self.timers.add(grace, When.KILL, subject)
+                else:
+                    subject.signal(signal.SIGKILL)
+
+    # -- finishing -------------------------------------------------------------------------
+
+    def _complete(self, child: Child) -> None:
+        del self.active[child.pid]
+        if child.abandoned:
+            return
+        outcome = child.outcome()
+        ok = outcome.status == 0 and not child.timed_out
+        if (
+            not ok
+            and self.phase is Phase.RUNNING
+            and self.schedule.retry(child.task, child.seq, child.attempt)
+        ):
+            return
+        self._deliver(result_of(child, outcome, self.config["spill_dir"]), child.seq)
+
+    def _unstarted(self, task: Task, seq: int, attempt: int, status: int, error: str) -> None:
+        """The result of a task that could not start, unless it has retries left."""
+        if self.phase is Phase.RUNNING and self.schedule.retry(task, seq, attempt):
+            return
+        self._deliver(unstarted_result(task.id, attempt, status, error), seq)
+
+    def _deliver(self, built: Built, seq: int) -> None:
+        """Journal, count and send one final result; halt if it is one failure too many."""
+        self.outbox.result(built, seq)
+        self.completed += 1
+        if built.ok:
+            return
+        self.failed += 1
+        halt = self.options["halt"]
+        if halt is not None and self.failed >= halt and not self.halted:
+            self.halted = True
+            _warn(f"{self.failed} task(s) failed: starting no more tasks")
+            if self.options["halt_now"]:
+                self._stop(by=None)
+            else:
+                self._drain()
+
+    def _on_bad_input(self, exc: TaskFileError) -> None:
+        """A streamed line is bad: start nothing more, let running tasks finish."""
+        self.bad_input = exc
+        _warn(f"{exc}: starting no more tasks")
+        self._drain()
+
+    def _drain(self) -> None:
+        if self.phase is Phase.RUNNING:
+            self.phase = Phase.DRAINING
+        self.schedule.clear()
+
+    def _stop(self, *, by: str | None) -> None:
+        """Start nothing more; signal every running group and drop its result.
+
+        ``by``: the signal name or "caller" that stopped the run (None for a halt now).
+        """
+        if by is not None and self.stopped_by is None:
+            self.stopped_by = by
+        self.phase = Phase.STOPPING
+        self.schedule.clear()
+        for child in list(self.active.values()):
+            if child.abandoned:
+                continue
+            child.abandon()
+            child.signal(signal.SIGTERM)
+            self.timers.add(INTERRUPT_GRACE_S, When.KILL, child)
+            if child.done:
+                self._complete(child)
+
+    def _kill_leftovers_at_end(self) -> None:
+        """Before the end record: leftover groups that got SIGTERM are gone, or killed.
+
+        Waits at most until their SIGKILL is due, looking every ``_LEFTOVER_PROBE_S``
+        whether SIGTERM was enough; only runs when such a group exists.
+        """
+        pending = self.timers.pending(When.KILL_LEFTOVERS)
+        while pending:
+            self._reap_adopted()
+            pending = [d for d in pending if isinstance(d.subject, int) and group_alive(d.subject)]
+            now = time.monotonic()
+            for deadline in [d for d in pending if d.at <= now]:
+                assert isinstance(deadline.subject, int)
+                signal_group(deadline.subject, signal.SIGKILL)
+                pending.remove(deadline)
+            if pending:
+                time.sleep(_LEFTOVER_PROBE_S)
+        self.timers.drop(When.KILL_LEFTOVERS)
+
+    def _kill_all(self) -> None:
+        """Last resort on the way out: no task group outlives the runner."""
+        for deadline in self.timers.pending(When.KILL_LEFTOVERS):
+            assert isinstance(deadline.subject, int)
+            signal_group(deadline.subject, signal.SIGKILL)
+        for pid in self.active:
+            signal_group(pid, signal.SIGKILL)
+        deadline_at = time.monotonic() + 2.0
+        while self.active and time.monotonic() < deadline_at:
+            for pid, _ in reap_ready():
+                self.active.pop(pid, None)
+            if self.active:
+                time.sleep(0.005)  # only on a failure path: children were just SIGKILLed
+
+    def _end_record(self) -> EndRecord:
+        intake = self.intake
+        return {
+            "leanpool": "end",
+            "protocol": PROTOCOL_VERSION,
+            "tasks": intake.tasks,
+            "skipped": intake.skipped,
+            "completed": self.completed,
+            "failed": self.failed,
+            "unfinished": intake.tasks - intake.skipped - self.completed,
+            "halted": self.halted,
+            "interrupted": self.stopped_by is not None,
+            "stopped_by": self.stopped_by,
+        }
+
+    def _fatal_record(self) -> FatalRecord:
+        assert self.bad_input is not None
+        return {
+            "leanpool": "fatal",
+            "protocol": PROTOCOL_VERSION,
+            "error": "task_file",
+            "message": str(self.bad_input),
+            "line": self.bad_input.line,
+            "reason": self.bad_input.reason,
+        }
+
+
+def _remove_dir(path: str) -> None:
+    """Remove the caller's flat temporary directory (no shutil: the runner stays lean)."""
+    try:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _ignore_signal(_signum: int, _frame: object) -> None:
+    """A Python-level SIGCHLD handler, so that the wakeup fd gets written."""
+
+
+def _warn(message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, f"leanpool runner: {message}\n".encode(errors="replace"))

@@ -1,0 +1,156 @@
+"""Turning how an attempt ended into the result record the protocol sends.
+
+The common record, a task that exited 0 with small output, is built with no field it
+does not need: the optional fields (``timed_out``, ``signal``, ``attempts``, ...) are
+added only when they say something.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Final
+
+from .._protocol.records import decode_output
+
+if TYPE_CHECKING:
+    from .._protocol.records import ResultRecord
+    from .children import Child, Outcome
+
+__all__ = ["SPILL_OVER", "Built", "result_of", "signal_name", "unstarted_result"]
+
+SPILL_OVER: Final = 1 << 16
+"""Bytes from which an output goes to a spill file rather than into the result's JSON:
+escaping and parsing megabytes of JSON costs ten times what a file write and read do,
+and an output this small costs less inline than a file's create, write, read and unlink."""
+
+
+class Built:
+    """A result record, and the record for the journal when it differs (a spilled
+    output: the journal keeps every byte inline, since it outlives the spill files)."""
+
+    __slots__ = ("journal", "ok", "record")
+
+    def __init__(self, record: ResultRecord, journal: ResultRecord | None = None) -> None:
+        self.record = record
+        self.journal = journal
+        self.ok = record["ok"]
+
+
+def result_of(child: Child, outcome: Outcome, spill_dir: str | None) -> Built:
+    """The result record of a finished attempt.
+
+    With spill_dir, an output of ``SPILL_OVER`` bytes or more goes to a file there (named
+    by the attempt) and the record names it.
+    """
+    status = outcome.status
+    ok = status == 0 and not child.timed_out
+    record: ResultRecord = {
+        "id": child.task.id,
+        "status": status,
+        "ok": ok,
+        "duration": round(time.monotonic() - child.started, 6),
+        "stdout": "",
+        "stderr": "",
+    }
+    journal = None
+    out, err = outcome.stdout, outcome.stderr
+    if outcome.stdout_file is not None:
+        record["stdout_file"] = outcome.stdout_file
+        if outcome.stderr_file is not None:
+            record["stderr_file"] = outcome.stderr_file
+    elif spill_dir is not None and (len(out) >= SPILL_OVER or len(err) >= SPILL_OVER):
+        journal = record.copy()
+        _put_output(journal, "stdout", out)
+        _put_output(journal, "stderr", err)
+        _add_details(journal, child, outcome)
+        base = os.path.join(spill_dir, f"{child.seq}.{child.attempt}")
+        _spill_output(record, "stdout", out, base)
+        _spill_output(record, "stderr", err, base)
+    else:
+        record["stdout"], out_b64 = decode_output(out)
+        record["stderr"], err_b64 = decode_output(err)
+        if out_b64 is not None:
+            record["stdout_b64"] = out_b64
+        if err_b64 is not None:
+            record["stderr_b64"] = err_b64
+    if not ok or child.attempt > 1 or outcome.stdout_truncated or outcome.stderr_truncated:
+        _add_details(record, child, outcome)
+    return Built(record, journal)
+
+
+def unstarted_result(task_id: str | int, attempt: int, status: int, error: str) -> Built:
+    """The result of a task that could not start (127: not found, 126: any other reason)."""
+    record: ResultRecord = {
+        "id": task_id,
+        "status": status,
+        "ok": False,
+        "duration": 0.0,
+        "stdout": "",
+        "stderr": "",
+        "error": error,
+    }
+    if attempt > 1:
+        record["attempts"] = attempt
+    return Built(record)
+
+
+def _add_details(record: ResultRecord, child: Child, outcome: Outcome) -> None:
+    """The fields that only say something when a task failed or was cut short."""
+    if outcome.stdout_truncated:
+        record["stdout_truncated"] = True
+    if outcome.stderr_truncated:
+        record["stderr_truncated"] = True
+    if child.timed_out:
+        record["timed_out"] = True
+    if outcome.status < 0:
+        record["signal"] = signal_name(-outcome.status)
+    if child.attempt > 1:
+        record["attempts"] = child.attempt
+
+
+def _put_output(record: ResultRecord, name: str, data: bytes) -> None:
+    text, b64 = decode_output(data)
+    if name == "stdout":
+        record["stdout"] = text
+        if b64 is not None:
+            record["stdout_b64"] = b64
+    else:
+        record["stderr"] = text
+        if b64 is not None:
+            record["stderr_b64"] = b64
+
+
+def _spill_output(record: ResultRecord, name: str, data: bytes, base: str) -> None:
+    """Inline a small output; write a big one to a file the caller reads and removes."""
+    if len(data) < SPILL_OVER:
+        _put_output(record, name, data)
+        return
+    path = f"{base}.{name}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except OSError:  # a full disk: the pipe to the caller still takes it, only slower
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        _put_output(record, name, data)
+        return
+    if name == "stdout":
+        record["stdout_spill"] = path
+    else:
+        record["stderr_spill"] = path
+
+
+def signal_name(signum: int) -> str:
+    """SIGTERM for 15; SIG99 for a number no signal has."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
