@@ -1,0 +1,116 @@
+"""What a task leaves running in its process group is killed when its main process ends,
+unless the task (or the run) keeps it on purpose; the slot is free at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from leanpool import TaskRunner
+from tests.helpers import IGNORES_TERM, alive, leanpool_cli, wait_gone
+
+
+def _leftover_pid(stdout: str) -> int:
+    return int(stdout.split()[-1])
+
+
+def test_a_background_child_is_killed_when_its_task_ends(exit_watch: str) -> None:
+    runner = TaskRunner(2)
+    runner.add("bg", "sleep 104 >/dev/null 2>&1 & echo $!")
+    (result,) = runner.run()
+    assert result.ok
+    wait_gone([_leftover_pid(result.stdout)], within=1.0)
+
+
+def test_a_leftover_holding_stdout_does_not_hold_the_slot(exit_watch: str) -> None:
+    """`sleep 5 & echo started`: the sleeper keeps the pipe open, but the result comes as
+    soon as the shell exits, with its output so far."""
+    runner = TaskRunner(1)
+    runner.add("holder", "sleep 5 & echo started $!")
+    runner.add("next", "echo next")
+    began = time.monotonic()
+    results = {r.id: r for r in runner.run()}
+    took = time.monotonic() - began
+    assert results["holder"].stdout.startswith("started ")
+    assert results["holder"].ok
+    assert results["next"].stdout == "next\n"
+    assert took < 2.0, f"the run took {took:.2f} s: the slot waited for the sleeper"
+    wait_gone([_leftover_pid(results["holder"].stdout)], within=1.0)
+
+
+def test_a_leftover_that_ignores_sigterm_gets_sigkill_after_the_grace() -> None:
+    runner = TaskRunner(2, kill_grace=0.6)
+    # The task waits a moment before it ends, so that the leftover has set its trap.
+    runner.add("stubborn", f'sh -c "{IGNORES_TERM}" >/dev/null 2>&1 & echo $!; sleep 0.2')
+    results = runner.run()
+    result = next(results)
+    pid = _leftover_pid(result.stdout)
+    time.sleep(0.3)
+    assert alive(pid), "killed before its grace was over"
+    began = time.monotonic()
+    list(results)  # the run's end waits for the leftover's SIGKILL
+    wait_gone([pid], within=1.5)
+    assert time.monotonic() - began < 1.5
+
+
+def test_leftovers_kept_on_purpose_per_run_and_per_task() -> None:
+    runner = TaskRunner(2, kill_leftovers=False)
+    runner.add("kept", "sleep 30 >/dev/null 2>&1 & echo $!")
+    runner.add("killed", "sleep 31 >/dev/null 2>&1 & echo $!", kill_leftovers=True)
+    results = {r.id: r for r in runner.run()}
+    kept = _leftover_pid(results["kept"].stdout)
+    killed = _leftover_pid(results["killed"].stdout)
+    try:
+        wait_gone([killed], within=1.0)
+        time.sleep(0.2)
+        assert alive(kept)
+    finally:
+        os.kill(kept, signal.SIGKILL)
+    wait_gone([kept], within=1.0)
+
+    runner = TaskRunner(2)
+    runner.add("kept", "sleep 32 >/dev/null 2>&1 & echo $!", kill_leftovers=False)
+    (result,) = runner.run()
+    pid = _leftover_pid(result.stdout)
+    try:
+        time.sleep(0.2)
+        assert alive(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    wait_gone([pid], within=1.0)
+
+
+def test_a_timeout_kills_the_whole_group_even_when_leftovers_are_kept() -> None:
+    runner = TaskRunner(2, kill_leftovers=False, kill_grace=0.3)
+    runner.add("slow", "sleep 33 & echo $!; wait", timeout=0.3)
+    (result,) = runner.run()
+    assert result.timed_out
+    wait_gone([_leftover_pid(result.stdout)], within=1.5)
+
+
+def test_cli_keep_leftovers_flag(tmp_path: object) -> None:
+    proc = leanpool_cli(
+        "run", "--lines", "-", "--keep-leftovers", stdin=b"sleep 34 >/dev/null 2>&1 & echo $!\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    pid = _leftover_pid(json.loads(proc.stdout)["stdout"])
+    try:
+        assert alive(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    wait_gone([pid], within=1.0)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_results_are_the_same_with_and_without_leftovers_killed(keep: bool) -> None:
+    runner = TaskRunner(4, kill_leftovers=not keep)
+    for i in range(20):
+        runner.add(i, f"echo {i}; echo err{i} >&2; exit {i % 3}")
+    results = sorted(runner.run(), key=lambda r: r.id)
+    assert [(r.stdout, r.stderr, r.status) for r in results] == [
+        (f"{i}\n", f"err{i}\n", i % 3) for i in range(20)
+    ]

@@ -1,0 +1,236 @@
+"""Protocol 2's streaming input: tasks start as they arrive, and join a run in progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from leanpool import Result, TaskFileError, TaskRunner
+from tests.helpers import PY
+
+SLOW_SOURCE = (
+    "import sys, time\nprint('echo a', flush=True)\ntime.sleep({pause})\nprint('echo b')\n"
+)
+
+
+def _cli(*args: str) -> list[str]:
+    return [PY, "-m", "leanpool", *args]
+
+
+def test_cli_starts_the_first_task_before_a_piped_input_ends() -> None:
+    """(echo 'echo a'; sleep 3; echo 'echo b') | leanpool run --lines -"""
+    source = subprocess.Popen([PY, "-c", SLOW_SOURCE.format(pause=3)], stdout=subprocess.PIPE)
+    began = time.monotonic()
+    cli = subprocess.Popen(_cli("run", "--lines", "-"), stdin=source.stdout, stdout=subprocess.PIPE)
+    assert source.stdout is not None
+    source.stdout.close()
+    assert cli.stdout is not None
+    first = json.loads(cli.stdout.readline())
+    first_after = time.monotonic() - began
+    rest = cli.stdout.read()
+    cli.stdout.close()
+    assert cli.wait(timeout=30) == 0
+    source.wait(timeout=5)
+    assert (first["id"], first["stdout"]) == (1, "a\n")
+    assert first_after < 1.5, f"first result after {first_after:.2f} s: it waited for EOF"
+    print(f"\nfirst result {first_after * 1000:.0f} ms after the pipe opened")
+    assert [json.loads(line)["stdout"] for line in rest.splitlines()] == ["b\n"]
+
+
+def test_a_fifo_is_streamed_too(tmp_path: Path) -> None:
+    fifo = tmp_path / "tasks.fifo"
+    os.mkfifo(fifo)
+    cli = subprocess.Popen(_cli("run", str(fifo)), stdout=subprocess.PIPE)
+    with open(fifo, "wb", buffering=0) as writer:
+        writer.write(b'{"id": "x", "cmd": "echo x"}\n')
+        assert cli.stdout is not None
+        first = json.loads(cli.stdout.readline())  # arrives while the writer is open
+        writer.write(b'{"id": "y", "cmd": "echo y"}')  # no newline at the end
+    rest = cli.stdout.read()
+    cli.stdout.close()
+    assert cli.wait(timeout=30) == 0
+    assert first["id"] == "x"
+    assert [json.loads(line)["id"] for line in rest.splitlines()] == ["y"]
+
+
+def test_a_bad_streamed_line_lets_running_tasks_finish_then_fails_naming_it(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "after"
+    lines = (
+        b'{"id": 1, "cmd": "sleep 0.3; echo slow"}\n'
+        b'{"id": 2, "cmd": "echo fast"}\n'
+        b"not json\n" + f'{{"id": 4, "cmd": "touch {marker}"}}\n'.encode()
+    )
+    proc = subprocess.run(_cli("run", "-", "-j", "4"), input=lines, capture_output=True, timeout=30)
+    assert proc.returncode == 2
+    results = {r["id"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert sorted(results) == [1, 2]  # the tasks before the bad line ran to their end
+    assert results[1]["stdout"] == "slow\n"
+    assert not marker.exists()  # nothing after it started
+    err = proc.stderr.decode()
+    assert err.splitlines()[-1].startswith(
+        "leanpool: error: invalid task on line 3: not valid JSON"
+    )
+    assert "Traceback" not in err
+
+
+def test_a_regular_file_is_validated_whole_and_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(f'{{"id": 1, "cmd": "touch {marker}"}}\n{{"id": 2}}\n')
+    proc = subprocess.run(_cli("run", str(tasks)), capture_output=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert not marker.exists()
+    assert proc.stderr.decode() == (
+        "leanpool: error: invalid task on line 2: missing 'cmd': what to run\n"
+    )
+
+
+def test_a_crawler_adds_the_work_each_result_tells_it_about() -> None:
+    runner = TaskRunner(4)
+    runner.add(0, "echo 1 2")  # each page links to two more, to depth 3
+    seen = []
+    for result in runner.run():
+        seen.append(result.id)
+        depth = len(str(result.id).split("."))
+        if depth < 4:
+            for link in result.stdout.split():
+                child = f"{result.id}.{link}"
+                runner.add(child, "echo 1 2")
+    assert len(seen) == 1 + 2 + 4 + 8
+    assert len(set(seen)) == len(seen)
+    assert runner.summary is not None
+    assert (runner.summary.total, runner.summary.completed) == (15, 15)
+
+
+def test_run_and_wait_callback_may_add_tasks_and_sees_the_growing_total() -> None:
+    runner = TaskRunner(2)
+    runner.add("seed", "echo seed")
+    calls: list[tuple[object, int, int]] = []
+
+    def callback(result: Result, completed: int, total: int) -> None:
+        calls.append((result.id, completed, total))
+        if result.id == "seed":
+            runner.add("more", "echo more")
+
+    summary = runner.run_and_wait(callback)
+    assert calls == [("seed", 1, 1), ("more", 2, 2)]
+    assert summary.completed == 2
+
+
+def test_ordered_results_with_tasks_added_while_running() -> None:
+    runner = TaskRunner(4)
+    for i in range(3):
+        runner.add(i, f"sleep 0.0{3 - i}; echo {i}")
+    ids = []
+    for result in runner.run(ordered=True):
+        ids.append(result.id)
+        if result.id == 0:
+            runner.add(3, "echo 3")
+            runner.add(4, "sleep 0.05; echo 4")
+    assert ids == [0, 1, 2, 3, 4]
+
+
+def test_adding_from_the_loop_does_not_block_on_the_runner() -> None:
+    """The caller spools to a file: thousands of adds in one loop body return at once,
+    whatever the runner is doing."""
+    runner = TaskRunner(2)
+    runner.add("first", "echo first")
+    added_in = 0.0
+    count = 0
+    for result in runner.run():
+        count += 1
+        if result.id == "first":
+            began = time.monotonic()
+            for i in range(5000):
+                runner.add(i, "true")
+            added_in = time.monotonic() - began
+    assert count == 5001
+    assert added_in < 2.0
+
+
+def test_with_a_journal_a_repeated_id_stops_the_run_naming_both_lines(tmp_path: Path) -> None:
+    runner = TaskRunner(2, journal=tmp_path / "journal.jsonl")
+    runner.add("a", "echo a")
+    runner.add("a", "echo again")
+    got: list[Result] = []
+    with pytest.raises(TaskFileError, match="line 2: id 'a' was already used on line 1"):
+        got.extend(runner.run())
+    assert [r.id for r in got] == ["a"]
+
+
+def test_the_runner_refuses_a_caller_that_breaks_the_control_protocol(tmp_path: Path) -> None:
+    from leanpool._caller.options import make_options
+    from leanpool._caller.process import runner_command
+
+    spool = tmp_path / "spool.jsonl"
+    spool.write_bytes(b"")
+    config = {
+        "options": make_options(parallel=2),
+        "input": {"path": str(spool), "format": "jsonl", "stream": True},
+        "ordered": False,
+        "cleanup_dir": None,
+        "spill_dir": None,
+    }
+    proc = subprocess.run(
+        runner_command(config),  # type: ignore[arg-type]
+        input=b'{"leanpool": "more", "offset": 10}\n{"leanpool": "more", "offset": 5}\n',
+        capture_output=True,
+        timeout=30,
+    )
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert records[0]["leanpool"] == "start"
+    assert records[-1]["leanpool"] == "fatal"
+    assert records[-1]["error"] == "protocol"
+    assert "went back from 10 to 5" in records[-1]["message"]
+    assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("bad", ["ls", b"ls"])
+def test_run_tasks_refuses_a_single_command_string(bad: object) -> None:
+    from leanpool import run_tasks
+
+    with pytest.raises(TypeError, match="commands must be a list of commands, not a single"):
+        run_tasks(bad)  # type: ignore[arg-type]
+
+
+def test_add_says_bytes_are_not_a_command() -> None:
+    runner = TaskRunner(2)
+    with pytest.raises(TypeError, match="cmd must be a string or a list of strings, not bytes"):
+        runner.add(1, b"echo hi")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cmd as a list must hold strings only, not int"):
+        runner.add(1, ["echo", 1])  # type: ignore[list-item]
+    assert len(runner) == 0
+
+
+def test_stdin_of_the_cli_is_read_as_it_comes_even_when_slow() -> None:
+    """A source that writes one line at a time, far apart: each task runs on arrival."""
+    code = (
+        "import sys, time\n"
+        "for i in range(3):\n"
+        "    print(f'echo {i}', flush=True)\n"
+        "    time.sleep(0.4)\n"
+    )
+    source = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE)
+    cli = subprocess.Popen(_cli("run", "--lines", "-"), stdin=source.stdout, stdout=subprocess.PIPE)
+    assert source.stdout is not None
+    assert cli.stdout is not None
+    source.stdout.close()
+    began = time.monotonic()
+    times = []
+    for _ in range(3):
+        json.loads(cli.stdout.readline())
+        times.append(time.monotonic() - began)
+    cli.stdout.close()
+    assert cli.wait(timeout=30) == 0
+    source.wait(timeout=5)
+    # Not all at the end (1.2 s): each as its line arrived.
+    assert times[0] < 0.35, times
+    assert times[1] < 0.75, times

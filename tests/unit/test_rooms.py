@@ -1,0 +1,303 @@
+"""The runner's and the caller's rooms on their own: timers, schedule, spool reader,
+intake, result records and the one option list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import typing
+from pathlib import Path
+
+import pytest
+
+from leanpool import TaskFileError
+from leanpool._caller.options import OPTIONS, KeywordOptions, add_cli_options, make_options
+from leanpool._protocol.config import Options
+from leanpool._protocol.spool import SpoolReader, SpoolWriter
+from leanpool._protocol.tasks import CommandTask
+from leanpool._runner.children import Child, Outcome
+from leanpool._runner.intake import ControlError, Intake
+from leanpool._runner.results import SPILL_OVER, result_of, unstarted_result
+from leanpool._runner.schedule import BACKOFF_S, Attempt, Schedule
+from leanpool._runner.timers import Timers, When
+
+# -- timers ---------------------------------------------------------------------------------
+
+
+def test_timers_fire_in_order_of_due_time_then_of_adding() -> None:
+    timers: Timers[str] = Timers()
+    timers.add(0.05, When.KILL, "late")
+    timers.add(0.0, When.TERM, "first")
+    timers.add(0.0, When.RETRY, "second")
+    assert timers.wait_s() == 0.0
+    assert [d.subject for d in timers.due()] == ["first", "second"]
+    assert timers.due() == []
+    assert 0.0 < timers.wait_s() <= 0.05
+    time.sleep(0.06)
+    (late,) = timers.due()
+    assert (late.what, late.subject) == (When.KILL, "late")
+    assert timers.wait_s() == -1
+
+
+def test_timers_pending_and_drop_by_kind() -> None:
+    timers: Timers[int] = Timers()
+    timers.add(5, When.KILL_LEFTOVERS, 2)
+    timers.add(1, When.KILL_LEFTOVERS, 1)
+    timers.add(3, When.TERM, 9)
+    assert [d.subject for d in timers.pending(When.KILL_LEFTOVERS)] == [1, 2]
+    timers.drop(When.KILL_LEFTOVERS)
+    assert len(timers) == 1
+    assert timers.pending(When.KILL_LEFTOVERS) == []
+
+
+# -- schedule -------------------------------------------------------------------------------
+
+
+def _task(task_id: int = 1) -> CommandTask:
+    return CommandTask(task_id, ["true"], shell=False, line=task_id)
+
+
+def test_retries_wait_their_delay_then_go_before_new_tasks() -> None:
+    timers: Timers[object] = Timers()
+    schedule = Schedule(timers, parallel=4, retries=2, retry_delay=0.0)
+    assert schedule.retry(_task(), 0, 1)
+    assert schedule.pending
+    assert not schedule.ready
+    (due,) = timers.due()
+    assert due.what is When.RETRY
+    assert isinstance(due.subject, Attempt)
+    schedule.retry_due(due.subject, stopping=False)
+    assert [a.number for a in schedule.ready] == [2]
+    assert schedule.retry(_task(), 0, 2)  # a second retry is allowed...
+    assert not schedule.retry(_task(), 0, 3)  # ...and a third is not: 1 + 2 attempts
+
+
+def test_a_retry_due_while_stopping_is_dropped() -> None:
+    timers: Timers[object] = Timers()
+    schedule = Schedule(timers, parallel=4, retries=1, retry_delay=0.0)
+    schedule.retry(_task(), 0, 1)
+    (due,) = timers.due()
+    assert isinstance(due.subject, Attempt)
+    schedule.retry_due(due.subject, stopping=True)
+    assert not schedule.pending
+
+
+def test_out_of_resources_lowers_the_limit_then_backs_off_then_gives_up() -> None:
+    timers: Timers[object] = Timers()
+    schedule = Schedule(timers, parallel=8, retries=0, retry_delay=0.0)
+    assert schedule.out_of_resources(running=3) == "now running at most 3 tasks at once"
+    assert schedule.parallel == 3
+    assert schedule.out_of_resources(running=3) is True  # already there: wait for one
+    for _ in BACKOFF_S:  # nothing runs: back off, step by step
+        assert schedule.out_of_resources(running=0) is True
+    assert [d.what for d in timers.pending(When.WAKE)] == [When.WAKE] * len(BACKOFF_S)
+    assert schedule.out_of_resources(running=0) is False
+    schedule.started()
+
+
+# -- the spool ------------------------------------------------------------------------------
+
+
+def test_spool_reader_never_reads_past_what_was_announced(tmp_path: Path) -> None:
+    writer = SpoolWriter(str(tmp_path))
+    reader = SpoolReader(writer.path, "jsonl")
+    assert reader.next_task() is None
+    writer.append({"id": 1, "cmd": "a"})
+    writer.append({"id": 2, "cmd": "b"})
+    offset = writer.flush()
+    with open(writer.path, "ab") as raw:  # half a line, not announced
+        raw.write(b'{"id": 3, "cm')
+    assert reader.next_task() is None  # nothing announced yet
+    reader.announce(offset)
+    got = [reader.next_task(), reader.next_task(), reader.next_task()]
+    assert [t.id for t in got if t is not None] == [1, 2]
+    assert got[2] is None
+    assert reader.drained
+    assert not reader.ended
+    with pytest.raises(ValueError, match="went back"):
+        reader.announce(offset - 1)
+    reader.close()
+    writer.discard()
+
+
+def test_spool_reader_takes_a_last_line_without_newline_at_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"echo a\n\necho b")
+    reader = SpoolReader(str(path), "lines")
+    reader.announce(path.stat().st_size, ended=True)
+    tasks = [reader.next_task(), reader.next_task(), reader.next_task()]
+    assert [(t.id, t.argv[-1]) for t in tasks if isinstance(t, CommandTask)] == [
+        (1, "echo a"),
+        (3, "echo b"),
+    ]
+    assert tasks[2] is None
+    assert reader.drained
+    assert reader.ended
+    reader.close()
+
+
+def test_spool_reader_names_the_line_of_a_bad_task(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"id": 1, "cmd": "a"}\n\n{"id": 2}\n')
+    reader = SpoolReader(str(path), "jsonl")
+    reader.announce(path.stat().st_size, ended=True)
+    assert reader.next_task() is not None
+    with pytest.raises(TaskFileError, match="line 3: missing 'cmd'"):
+        reader.next_task()
+    reader.close()
+
+
+# -- intake ---------------------------------------------------------------------------------
+
+
+def _intake(
+    tmp_path: Path, lines: bytes, *, stream: bool, done: set[str | int] | None = None
+) -> tuple[Intake, Path]:
+    path = tmp_path / "spool.jsonl"
+    path.write_bytes(lines)
+    intake = Intake(
+        {"path": str(path), "format": "jsonl", "stream": stream},
+        done or set(),
+        unique_ids=done is not None,
+    )
+    return intake, path
+
+
+def test_intake_skips_what_the_journal_holds_and_numbers_the_rest(tmp_path: Path) -> None:
+    lines = b"".join(json.dumps({"id": i, "cmd": "true"}).encode() + b"\n" for i in range(5))
+    intake, _path = _intake(tmp_path, lines, stream=False, done={1, 3})
+    intake.validate()
+    assert (intake.tasks, intake.skipped) == (5, 2)
+    got = []
+    while (item := intake.next_task()) is not None:
+        got.append((item[0].id, item[1]))
+    assert got == [(0, 0), (2, 1), (4, 2)]
+    assert intake.exhausted
+    intake.close()
+
+
+def test_intake_validation_refuses_a_repeated_id_with_a_journal(tmp_path: Path) -> None:
+    lines = b'{"id": "a", "cmd": "x"}\n{"id": "a", "cmd": "y"}\n'
+    intake, _ = _intake(tmp_path, lines, stream=False, done=set())
+    with pytest.raises(TaskFileError, match="line 2: id 'a' was already used on line 1"):
+        intake.validate()
+    intake.close()
+
+
+def test_intake_control_records_move_the_end_of_input(tmp_path: Path) -> None:
+    line = b'{"id": 1, "cmd": "x"}\n'
+    intake, _ = _intake(tmp_path, line, stream=True)
+    assert intake.next_task() is None
+    assert intake.caught_up
+    assert not intake.exhausted
+    intake._apply(json.dumps({"leanpool": "more", "offset": len(line)}).encode())
+    item = intake.next_task()
+    assert item is not None
+    assert item[0].id == 1
+    before = intake.exhausted
+    intake._apply(json.dumps({"leanpool": "end_input", "offset": len(line)}).encode())
+    assert (before, intake.exhausted) == (False, True)
+    for bad in (b"nonsense", b'{"leanpool": "more"}', b'{"leanpool": "go", "offset": 1}'):
+        with pytest.raises(ControlError, match="not a control record"):
+            intake._apply(bad)
+    intake.close()
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+class _Finished(Child):
+    def __init__(self, attempt: int = 1, timed_out: bool = False) -> None:
+        super().__init__(_task(7), 3, attempt, pid=123)
+        self.timed_out = timed_out
+
+
+def test_a_plain_success_has_only_the_fields_every_result_has() -> None:
+    built = result_of(_Finished(), Outcome(0, b"out\n", b""), spill_dir=None)
+    assert built.ok
+    assert set(built.record) == {"id", "status", "ok", "duration", "stdout", "stderr"}
+    assert (built.record["id"], built.record["stdout"]) == (7, "out\n")
+    assert built.journal is None
+
+
+def test_a_failure_says_why_in_its_optional_fields() -> None:
+    outcome = Outcome(-15, b"\xff", b"")
+    outcome.stdout_truncated = True
+    built = result_of(_Finished(attempt=2, timed_out=True), outcome, spill_dir=None)
+    record = built.record
+    assert not built.ok
+    assert record.get("timed_out") is True
+    assert record.get("signal") == "SIGTERM"
+    assert record.get("attempts") == 2
+    assert record.get("stdout_truncated") is True
+    assert record.get("stdout_b64") == "/w=="
+    assert record["stdout"] == "\ufffd"
+
+
+def test_a_big_output_is_spilled_but_the_journal_keeps_it_inline(tmp_path: Path) -> None:
+    big = b"y" * SPILL_OVER
+    built = result_of(_Finished(), Outcome(1, big, b"e"), spill_dir=str(tmp_path))
+    spill = built.record.get("stdout_spill")
+    assert spill is not None
+    assert Path(spill).read_bytes() == big
+    assert built.record["stdout"] == ""
+    assert built.record["stderr"] == "e"
+    assert built.journal is not None
+    assert built.journal["stdout"] == big.decode()
+    assert "stdout_spill" not in built.journal
+    assert built.journal.get("status") == 1
+    assert built.journal["ok"] is False
+    os.unlink(spill)
+
+
+def test_an_unstarted_task_result() -> None:
+    built = unstarted_result("x", 2, 127, "cannot run 'nope': No such file or directory")
+    assert built.record == {
+        "id": "x",
+        "status": 127,
+        "ok": False,
+        "duration": 0.0,
+        "stdout": "",
+        "stderr": "",
+        "error": "cannot run 'nope': No such file or directory",
+        "attempts": 2,
+    }
+
+
+# -- the one option list --------------------------------------------------------------------
+
+
+def test_the_option_list_the_wire_type_and_the_api_type_agree() -> None:
+    names = [spec.name for spec in OPTIONS]
+    assert set(typing.get_type_hints(Options)) == set(names)
+    assert set(typing.get_type_hints(KeywordOptions)) == set(names) - {"parallel"}
+    assert list(make_options(parallel=1)) == names
+
+
+def test_every_option_is_a_cli_flag_and_in_the_readme() -> None:
+    parser = argparse.ArgumentParser()
+    add_cli_options(parser)
+    dests = {action.dest for action in parser._actions}
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for spec in OPTIONS:
+        assert spec.name in dests
+        assert f"`{spec.name}" in readme or f"{spec.name}=" in readme, spec.name
+
+
+def test_make_options_checks_each_option_by_name() -> None:
+    options = make_options(parallel=3, timeout=2, journal="j.jsonl")
+    assert options["timeout"] == 2.0
+    assert isinstance(options["timeout"], float)
+    assert options["journal"] == os.path.abspath("j.jsonl")
+    assert options["kill_leftovers"] is True
+    assert options["kill_grace"] == 2.0
+    with pytest.raises(TypeError, match="unexpected option 'timout'"):
+        make_options(timout=3)
+    with pytest.raises(TypeError, match="kill_leftovers must be True or False, not str"):
+        make_options(kill_leftovers="no")
+    with pytest.raises(ValueError, match="retries must be at least 0, not -1"):
+        make_options(retries=-1)
+    with pytest.raises(ValueError, match="kill_grace must be at least 0, not inf"):
+        make_options(kill_grace=float("inf"))
