@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import runner_pids, wait_for
+from tests.helpers import SESSION_ENV, run_marked_pids, runner_pids, wait_for
+
+os.environ.setdefault(SESSION_ENV, f"{os.getpid()}-{time.time_ns()}")
 
 
 @pytest.fixture(autouse=True)
@@ -25,10 +28,12 @@ def private_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """No descriptor, runner or unreaped child outlives a test."""
+    """No descriptor, runner, task process or unreaped child outlives a test."""
     fds = set(os.listdir("/proc/self/fd"))
     yield
     wait_for(lambda: not runner_pids(), 3.0, "runner processes to exit")
+    # Runners and every task process carry LEANPOOL_RUN: none may outlive its test.
+    wait_for(lambda: not run_marked_pids(), 3.0, "task processes to be gone")
     leaked = set(os.listdir("/proc/self/fd")) - fds
     # A listdir of /proc/self/fd opens one descriptor of its own; check what it points to.
     real = [fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")]

@@ -12,6 +12,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 PY = sys.executable
 
@@ -106,5 +109,39 @@ def runner_pids() -> list[int]:
         except OSError:
             continue
         if fields[1] == me and b"leanpool._runner" in cmdline and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+def cannot_fault(reason: str) -> NoReturn:
+    """A fault test cannot set its fault up here: skip it, but never silently in CI.
+
+    A skipped fault test is a guarantee nobody checks, so with CI=true it fails instead.
+    """
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"a fault test cannot run in CI, so its guarantee goes unchecked: {reason}")
+    pytest.skip(reason)
+
+
+SESSION_ENV = "LEANPOOL_TEST_SESSION"
+"""Set for the whole test session (conftest): every process the tests start inherits it,
+so that the leak check sees this suite's task processes and no one else's."""
+
+
+def run_marked_pids() -> list[int]:
+    """Live processes (not zombies) of this test session that carry a leanpool run's mark
+    in their environment: a runner, a task, or anything a task started."""
+    session = f"{SESSION_ENV}={os.environ.get(SESSION_ENV, '')}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or not alive(int(name)):
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        variables = environ.split(b"\0")
+        if session in variables and any(v.startswith(b"LEANPOOL_RUN=") for v in variables):
             found.append(int(name))
     return found

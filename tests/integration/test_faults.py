@@ -22,6 +22,7 @@ from tests.helpers import (
     FORKS_GRANDCHILD,
     IGNORES_TERM,
     PY,
+    cannot_fault,
     runner_pids,
     wait_for,
     wait_gone,
@@ -133,10 +134,10 @@ CALLER = textwrap.dedent(
     """
     import sys, time
     from leanpool import TaskRunner
-    pid_dir = sys.argv[1]
+    pid_dir, prelude = sys.argv[1], sys.argv[2]
     runner = TaskRunner(4)
     for i in range(4):
-        runner.add(i, f"sleep 60 & echo $$ $! > {pid_dir}/{i}.pid; wait")
+        runner.add(i, f"{prelude} sleep 60 & echo $$ $! > {pid_dir}/{i}.pid; wait")
     try:
         for result in runner.run():
             pass
@@ -147,9 +148,19 @@ CALLER = textwrap.dedent(
 )
 
 
-def start_caller(tmp_path: Path, *, session: bool = False) -> subprocess.Popen[bytes]:
+OBEDIENT = ""
+STUBBORN = "trap '' TERM;"
+"""Task preludes: a task and its grandchild that obey SIGTERM, or that ignore it (then
+only the SIGKILL that must follow the grace gets rid of them)."""
+
+
+def start_caller(
+    tmp_path: Path, *, session: bool = False, prelude: str = OBEDIENT
+) -> subprocess.Popen[bytes]:
     caller = subprocess.Popen(
-        [PY, "-c", CALLER, str(tmp_path)], stdout=subprocess.PIPE, start_new_session=session
+        [PY, "-c", CALLER, str(tmp_path), prelude],
+        stdout=subprocess.PIPE,
+        start_new_session=session,
     )
     wait_for(lambda: len(pids_in(tmp_path)) == 8, 10, "tasks to start")
     return caller
@@ -167,11 +178,12 @@ def runner_of(caller: subprocess.Popen[bytes]) -> int:
     raise AssertionError("the caller has no runner")
 
 
+@pytest.mark.parametrize("prelude", [OBEDIENT, STUBBORN], ids=["obeys-term", "ignores-term"])
 @pytest.mark.parametrize("to_group", [False, True], ids=["kill-caller", "terminal-ctrl-c"])
 def test_sigint_in_caller_raises_keyboard_interrupt_and_kills_all(
-    tmp_path: Path, to_group: bool
+    tmp_path: Path, to_group: bool, prelude: str
 ) -> None:
-    caller = start_caller(tmp_path, session=to_group)
+    caller = start_caller(tmp_path, session=to_group, prelude=prelude)
     runner = runner_of(caller)
     start = time.monotonic()
     if to_group:  # as a terminal does: the caller's whole foreground group gets it
@@ -187,11 +199,12 @@ def test_sigint_in_caller_raises_keyboard_interrupt_and_kills_all(
     print(f"KeyboardInterrupt after {took:.3f} s, everything gone {gone:.3f} s later")
 
 
+@pytest.mark.parametrize("prelude", [OBEDIENT, STUBBORN], ids=["obeys-term", "ignores-term"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_caller_killed_leaves_nothing_behind(
-    tmp_path: Path, private_tmpdir: Path, sig: int
+    tmp_path: Path, private_tmpdir: Path, sig: int, prelude: str
 ) -> None:
-    caller = start_caller(tmp_path)
+    caller = start_caller(tmp_path, prelude=prelude)
     runner = runner_of(caller)
     assert list(private_tmpdir.iterdir()), "the run's private directory exists while it runs"
     caller.send_signal(sig)
@@ -254,9 +267,10 @@ def test_halt_soon_lets_running_tasks_finish(tmp_path: Path) -> None:
     assert len(results) < 12
 
 
-def test_halt_now_kills_running_tasks(tmp_path: Path, exit_watch: str) -> None:
+@pytest.mark.parametrize("prelude", [OBEDIENT, STUBBORN], ids=["obeys-term", "ignores-term"])
+def test_halt_now_kills_running_tasks(tmp_path: Path, exit_watch: str, prelude: str) -> None:
     runner = TaskRunner(2, halt=1, halt_now=True)
-    runner.add("slow", sleeper(tmp_path, "slow"))
+    runner.add("slow", prelude + sleeper(tmp_path, "slow"))
     runner.add("fails", "sleep 0.3; exit 1")
     start = time.monotonic()
     results = list(runner.run())
@@ -347,15 +361,48 @@ def test_many_tasks_at_once(tmp_path: Path, exit_watch: str) -> None:
     assert all(r.ok for r in results)
 
 
+def _cgroup2_root() -> Path | None:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "cgroup2":
+            return Path(fields[4])
+    return None
+
+
+def _pids_group() -> Path:
+    """A new cgroup with the pids controller: v1's pids hierarchy, else a cgroup v2 one.
+
+    Raises:
+        OSError: neither can be made here.
+    """
+    name = f"leanpool-test-{os.getpid()}"
+    v1 = Path("/sys/fs/cgroup/pids")
+    if v1.is_dir() and (v1 / "cgroup.procs").exists():
+        group = v1 / name
+        group.mkdir()
+        return group
+    root = _cgroup2_root()
+    if root is None:
+        raise OSError("no cgroup v1 pids hierarchy and no cgroup2 mount")
+    if "pids" not in (root / "cgroup.controllers").read_text().split():
+        raise OSError(f"the cgroup2 root {root} does not offer the pids controller")
+    parent = root / "leanpool-tests"
+    parent.mkdir(exist_ok=True)
+    # A v2 group's processes must live in leaves: enable pids for the children only.
+    (parent / "cgroup.subtree_control").write_text("+pids")
+    group = parent / name
+    group.mkdir()
+    return group
+
+
 @pytest.fixture
 def pids_cgroup(tmp_path: Path) -> Iterator[Path]:
-    """A cgroup (v1 pids controller) that allows 24 processes: a real process limit."""
-    group = Path("/sys/fs/cgroup/pids") / f"leanpool-test-{os.getpid()}"
+    """A cgroup (v1 or v2 pids controller) that allows 24 processes: a real limit."""
     try:
-        group.mkdir()
+        group = _pids_group()
         (group / "pids.max").write_text("24")
     except OSError as exc:
-        pytest.skip(f"no pids cgroup to limit processes with: {exc}")
+        cannot_fault(f"no pids cgroup to limit processes with: {exc}")
     try:
         yield group
     finally:

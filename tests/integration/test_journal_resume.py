@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from leanpool import JournalError, LeanpoolError, Result, TaskFileError, TaskRunner
-from tests.helpers import PY, holders_of, leanpool_cli, runner_pids, wait_for
+from tests.helpers import PY, cannot_fault, holders_of, leanpool_cli, runner_pids, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -120,7 +120,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
     )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        cannot_fault(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
     try:
         yield mount
     finally:
