@@ -1,0 +1,427 @@
+"""Mutation testing of leanpool's guarantees: break one promise at a time, see a test fail.
+
+Each mutant below is one deliberate bug, a single text change in ``src/``, named by the
+guarantee it breaks.  For each, this script copies the checkout to a temporary directory,
+applies the change, runs the suite there (unit and integration tests, stopping at the
+first failure) and records whether a test caught it.  A mutant whose text is not found is
+an error: the list must follow the code.
+
+    .venv/bin/python tests/mutate.py                  # every mutant; about 15-30 minutes
+    .venv/bin/python tests/mutate.py leftovers-kept   # only the mutants named
+    .venv/bin/python tests/mutate.py --markdown docs/mutation.md
+
+Why a curated list rather than mutmut or cosmic-ray: those generate thousands of
+syntactic mutants, and each costs a run of a suite of real processes (about a minute
+here); a list of semantic mutants, one per promise, runs in well under an hour and says
+which promise is unguarded.  CI does not run it; each issue that touches a guarantee says
+its count in its note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PER_MUTANT_TIMEOUT_S = 420
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    promise: str
+    path: str
+    old: str
+    new: str
+
+
+MUTANTS = (
+    # -- the journal ----------------------------------------------------------------------
+    Mutant(
+        "journal-no-fsync",
+        "the journal is fsync'ed at least once a second and at the end",
+        "src/leanpool/_protocol/journal.py",
+        "                os.fsync(self._fd)",
+        "                pass",
+    ),
+    Mutant(
+        "journal-partial-record",
+        "a failed journal write leaves every earlier record whole, and no partial one",
+        "src/leanpool/_protocol/journal.py",
+        "                os.ftruncate(self._fd, self._size)",
+        "                pass",
+    ),
+    Mutant(
+        "result-before-journal",
+        "a result reaches the caller only after it is in the journal",
+        "src/leanpool/_runner/outbox.py",
+        "        line = encode_line(built.record)\n        if self.journal is not None:",
+        "        line = encode_line(built.record)\n        self._buf += line\n"
+        "        if self.journal is not None:",
+    ),
+    Mutant(
+        "journal-gets-spill-names",
+        "the journal keeps every byte inline, never a spill file's name",
+        "src/leanpool/_runner/outbox.py",
+        "line if built.journal is None else encode_line(built.journal)",
+        "line",
+    ),
+    Mutant(
+        "resume-reruns",
+        "resume skips the tasks the journal holds",
+        "src/leanpool/_runner/intake.py",
+        "            if task.id in self._done:\n                if not self._validated:",
+        "            if False:\n                if not self._validated:",
+    ),
+    Mutant(
+        "duplicate-ids-allowed",
+        "with a journal, a repeated id is refused naming both lines",
+        "src/leanpool/_runner/intake.py",
+        "        if not self._unique:\n            return",
+        "        if True:\n            return",
+    ),
+    # -- stopping and killing -------------------------------------------------------------
+    Mutant(
+        "stop-without-sigkill",
+        "a stop (Ctrl-C, caller gone, halt now) sends SIGKILL after SIGTERM",
+        "src/leanpool/_runner/loop.py",
+        "            child.signal(signal.SIGTERM)\n"
+        "            self.timers.add(INTERRUPT_GRACE_S, When.KILL, child)",
+        "            child.signal(signal.SIGTERM)",
+    ),
+    Mutant(
+        "kill-grace-ignored",
+        "a timed-out task gets SIGKILL kill_grace seconds after SIGTERM",
+        "src/leanpool/_runner/loop.py",
+        '                    grace = INTERRUPT_GRACE_S if subject.abandoned else self.options["kill_grace"]',
+        "                    grace = 0.5",
+    ),
+    Mutant(
+        "fatal-without-kill",
+        "a fatal error mid-run kills the running tasks",
+        "src/leanpool/_runner/loop.py",
+        "        finally:\n            self._kill_all()",
+        "        finally:\n            pass",
+    ),
+    Mutant(
+        "timeout-ignored",
+        "a task's timeout is applied",
+        "src/leanpool/_runner/loop.py",
+        '        timeout = task.timeout if task.timeout is not None else self.options["timeout"]',
+        "        timeout = None",
+    ),
+    Mutant(
+        "caller-death-ignored",
+        "EOF on stdin (the caller is gone) stops the run",
+        "src/leanpool/_runner/loop.py",
+        "        if self.intake.caller_gone:\n            self.epoll.unregister(0)",
+        "        if False:\n            self.epoll.unregister(0)",
+    ),
+    Mutant(
+        "cleanup-dir-kept",
+        "the runner removes a dead caller's private directory",
+        "src/leanpool/_runner/loop.py",
+        '            _remove_dir(self.config["cleanup_dir"])',
+        "            pass",
+    ),
+    Mutant(
+        "no-sweep-after-runner-death",
+        "after a runner death, the caller kills every process of the run",
+        "src/leanpool/_caller/process.py",
+        "        returncode = self._wait(SHUTDOWN_WAIT_S)\n        sweep_run(self.token)",
+        "        returncode = self._wait(SHUTDOWN_WAIT_S)",
+    ),
+    # -- leftovers ------------------------------------------------------------------------
+    Mutant(
+        "leftovers-not-killed",
+        "what a task leaves in its group is killed when it ends",
+        "src/leanpool/_runner/loop.py",
+        "        keep = child.task.kill_leftovers\n",
+        "        return\n        keep = child.task.kill_leftovers\n",
+    ),
+    Mutant(
+        "leftovers-no-sigkill",
+        "a leftover that ignores SIGTERM gets SIGKILL after the grace",
+        "src/leanpool/_runner/loop.py",
+        "        self.timers.add(grace, When.KILL_LEFTOVERS, child.pid)",
+        "        pass",
+    ),
+    Mutant(
+        "leftovers-always-killed",
+        "kill_leftovers=False keeps a task's leftovers",
+        "src/leanpool/_runner/loop.py",
+        "        if not keep and not child.timed_out and not child.abandoned:\n            return",
+        "        if False:\n            return",
+    ),
+    Mutant(
+        "kept-leftovers-survive-timeout",
+        "a timeout kills the whole group even when leftovers are kept",
+        "src/leanpool/_runner/loop.py",
+        "        if not keep and not child.timed_out and not child.abandoned:",
+        "        if not keep and not child.abandoned:",
+    ),
+    Mutant(
+        "no-exit-watch",
+        "a task is finished when its main process exits, whoever holds its pipes",
+        "src/leanpool/_runner/shell.py",
+        "        if not self.host.pidfds or self.status is not None:\n            return",
+        "        if True:\n            return",
+    ),
+    Mutant(
+        "no-subreaper",
+        "leftovers that die are reaped, so a run's end does not wait on zombies",
+        "src/leanpool/_runner/loop.py",
+        "        self._install_signals()\n        become_subreaper()",
+        "        self._install_signals()",
+    ),
+    Mutant(
+        "sigchld-fallback-broken",
+        "without pidfds, SIGCHLD finishes the tasks that exit",
+        "src/leanpool/_runner/loop.py",
+        "        if not self.pidfds:  # SIGCHLD: some child exited\n            self._reap_adopted()",
+        "        pass",
+    ),
+    # -- scheduling -----------------------------------------------------------------------
+    Mutant(
+        "capped-at-16",
+        "parallel tasks run at once, however many",
+        "src/leanpool/_runner/loop.py",
+        "        while len(active) < schedule.parallel and outbox.backlog < OUTPUT_BACKLOG:",
+        "        while len(active) < min(16, schedule.parallel) and outbox.backlog < OUTPUT_BACKLOG:",
+    ),
+    Mutant(
+        "retries-ignored",
+        "a failed task is retried up to retries times",
+        "src/leanpool/_runner/schedule.py",
+        "        if attempt > self._retries:\n            return False",
+        "        if True:\n            return False",
+    ),
+    Mutant(
+        "halt-ignored",
+        "halt stops starting tasks after that many failures",
+        "src/leanpool/_runner/loop.py",
+        "        if halt is not None and self.failed >= halt and not self.halted:",
+        "        if False:",
+    ),
+    Mutant(
+        "throttle-fails-tasks",
+        "running out of descriptors or processes throttles instead of failing tasks",
+        "src/leanpool/_runner/schedule.py",
+        "        if running:\n            # Running tasks",
+        "        return False\n        if running:\n            # Running tasks",
+    ),
+    # -- output ---------------------------------------------------------------------------
+    Mutant(
+        "ordered-gap-dropped",
+        "with ordered, results after a gap are still sent when the run halts",
+        "src/leanpool/_runner/loop.py",
+        "        self.outbox.release_held()",
+        "        pass",
+    ),
+    Mutant(
+        "ordered-ignored",
+        "ordered results come in task order",
+        "src/leanpool/_runner/outbox.py",
+        "        if not self.ordered:",
+        "        if True:",
+    ),
+    Mutant(
+        "stderr-not-capped",
+        "max_output caps stderr too",
+        "src/leanpool/_runner/shell.py",
+        "            if cap is not None and self.err_size + len(data) > cap:",
+        "            if False:",
+    ),
+    Mutant(
+        "max-output-ignored",
+        "max_output caps each stream",
+        "src/leanpool/_runner/shell.py",
+        "        cap = self.host.max_output",
+        "        cap = None",
+    ),
+    Mutant(
+        "spill-files-kept",
+        "the caller removes each spill file once its result is built",
+        "src/leanpool/_caller/result.py",
+        "    os.unlink(spill)",
+        "    pass",
+    ),
+    Mutant(
+        "env-ignored",
+        "a task's env is applied",
+        "src/leanpool/_runner/shell.py",
+        "    env = host.base_env if command.env is None else merged_env(host.base_env, command.env)",
+        "    env = host.base_env",
+    ),
+    Mutant(
+        "run-yields-nothing",
+        "run() yields every result",
+        "src/leanpool/_api.py",
+        "                        yield result\n",
+        "                        pass\n",
+    ),
+    # -- input ----------------------------------------------------------------------------
+    Mutant(
+        "file-not-validated",
+        "a regular task file is validated whole before anything runs",
+        "src/leanpool/_runner/loop.py",
+        "            self.intake.validate()\n",
+        "            self.intake._reader.announce(os.path.getsize(self.intake._path), ended=True)\n",
+    ),
+    Mutant(
+        "stream-announced-at-eof",
+        "the CLI starts tasks as their lines arrive",
+        "src/leanpool/_cli.py",
+        "                    offset += cut\n                    runner.more(offset)",
+        "                    offset += cut",
+    ),
+    Mutant(
+        "bad-stream-line-kills",
+        "a bad streamed line lets the running tasks finish",
+        "src/leanpool/_runner/loop.py",
+        '        _warn(f"{exc}: starting no more tasks")\n        self._drain()',
+        '        _warn(f"{exc}: starting no more tasks")\n        self._stop(by=None)',
+    ),
+    Mutant(
+        "end-input-too-early",
+        "a task added from the loop body runs in the same run",
+        "src/leanpool/_api.py",
+        "                        if event.offset == announced == spool.offset:\n"
+        "                            runner.end_input(announced)",
+        "                        runner.end_input(event.offset)",
+    ),
+    # -- the protocol ---------------------------------------------------------------------
+    Mutant(
+        "cut-stream-accepted",
+        "a stream cut mid-line is a dead runner",
+        "src/leanpool/_protocol/reader.py",
+        "        if not self.finished or self._pending:",
+        "        if not self.finished:",
+    ),
+    Mutant(
+        "version-unchecked",
+        "a record of another protocol version is refused",
+        "src/leanpool/_protocol/reader.py",
+        '        if record.get("protocol") != PROTOCOL_VERSION:',
+        "        if False:",
+    ),
+    Mutant(
+        "option-range-unchecked",
+        "an option out of range is a ValueError naming it",
+        "src/leanpool/_caller/options.py",
+        "    if not (value >= spec.minimum and math.isfinite(value)):",
+        "    if False:",
+    ),
+)
+
+
+def _copy_checkout(dest: Path) -> None:
+    for name in ("src", "tests", "pyproject.toml", "README.md", "examples", "docs"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+
+
+def run_one(mutant: Mutant) -> tuple[str, str, float]:
+    """(verdict, detail, seconds): verdict is killed, survived or error."""
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="leanpool-mutant-") as tmp:
+        work = Path(tmp)
+        _copy_checkout(work)
+        target = work / mutant.path
+        text = target.read_text()
+        if text.count(mutant.old) != 1:
+            return "error", f"text found {text.count(mutant.old)} times", 0.0
+        target.write_text(text.replace(mutant.old, mutant.new))
+        env = {**os.environ, "PYTHONPATH": str(work / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+        env.pop("CI", None)  # a mutant is judged by failures, not by skips
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+        command += ["tests/unit", "tests/integration", "-o", "addopts=--strict-markers"]
+        try:
+            proc = subprocess.run(
+                command,
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=PER_MUTANT_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            return (
+                "killed",
+                f"the suite hung past {PER_MUTANT_TIMEOUT_S} s",
+                time.monotonic() - began,
+            )
+        took = time.monotonic() - began
+        failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        if proc.returncode == 0:
+            return "survived", proc.stdout.strip().splitlines()[-1], took
+        if failed:
+            return "killed", failed[0].split(" - ")[0], took
+        return "killed", proc.stdout.strip().splitlines()[-1][:200], took
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="run only these mutants")
+    parser.add_argument("--markdown", metavar="PATH", help="write the result table here")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:32} {m.promise}")
+        return 0
+    rows = []
+    for mutant in chosen:
+        verdict, detail, took = run_one(mutant)
+        rows.append((mutant, verdict, detail, took))
+        print(f"{verdict:9} {mutant.name:32} {took:6.1f} s  {detail}", flush=True)
+    counts = {v: sum(1 for r in rows if r[1] == v) for v in ("killed", "survived", "error")}
+    summary = (
+        f"{len(rows)} mutants: {counts['killed']} killed, {counts['survived']} survived, "
+        f"{counts['error']} errors"
+    )
+    print(summary)
+    if args.markdown:
+        _write_markdown(Path(args.markdown), rows, summary)
+    return 0 if not counts["survived"] and not counts["error"] else 1
+
+
+def _write_markdown(path: Path, rows: list[tuple[Mutant, str, str, float]], summary: str) -> None:
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        "# Mutation run",
+        "",
+        "Each row is one deliberate bug in `src/` (`tests/mutate.py` lists the exact text",
+        "change) and the first test that failed because of it. Regenerate with",
+        "`.venv/bin/python tests/mutate.py --markdown docs/mutation.md`.",
+        "",
+        f"Code: commit `{head}` plus the working tree; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        f"**{summary}.**",
+        "",
+        "| mutant | the promise it breaks | verdict | caught by | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for mutant, verdict, detail, took in rows:
+        caught = detail.replace("|", "\\|")
+        lines.append(
+            f"| `{mutant.name}` | {mutant.promise} | {verdict} | `{caught}` | {took:.0f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
