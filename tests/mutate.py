@@ -175,26 +175,33 @@ MUTANTS = (
         "        if True:\n            return",
     ),
     Mutant(
-        "no-subreaper",
-        "leftovers that die are reaped, so a run's end does not wait on zombies",
-        "src/leanpool/_runner/loop.py",
-        "        self._install_signals()\n        become_subreaper()",
-        "        self._install_signals()",
-    ),
-    Mutant(
         "sigchld-fallback-broken",
         "without pidfds, SIGCHLD finishes the tasks that exit",
         "src/leanpool/_runner/loop.py",
-        "        if not self.pidfds:  # SIGCHLD: some child exited\n            self._reap_adopted()",
+        "        if not self.pidfds:  # SIGCHLD: some child exited\n            self._reap_exited()",
         "        pass",
+    ),
+    Mutant(
+        "drain-unbounded",
+        "a leftover that keeps writing to the task's pipe does not hold the loop",
+        "src/leanpool/_runner/shell.py",
+        "            while budget > 0:",
+        "            while True:",
+    ),
+    Mutant(
+        "fatal-drops-buffered-results",
+        "a fatal record comes after every journaled result, whole",
+        "src/leanpool/_runner/main.py",
+        "            runner.outbox.flush(final=True)",
+        "            pass",
     ),
     # -- scheduling -----------------------------------------------------------------------
     Mutant(
         "capped-at-16",
         "parallel tasks run at once, however many",
         "src/leanpool/_runner/loop.py",
-        "        while len(active) < schedule.parallel and outbox.backlog < OUTPUT_BACKLOG:",
-        "        while len(active) < min(16, schedule.parallel) and outbox.backlog < OUTPUT_BACKLOG:",
+        "        while len(active) < schedule.parallel and outbox.unsent < OUTPUT_BACKLOG:",
+        "        while len(active) < min(16, schedule.parallel) and outbox.unsent < OUTPUT_BACKLOG:",
     ),
     Mutant(
         "retries-ignored",
@@ -247,6 +254,20 @@ MUTANTS = (
         "        cap = None",
     ),
     Mutant(
+        "close-keeps-stdout",
+        "leaving the loop early lets the runner exit at once",
+        "src/leanpool/_caller/process.py",
+        "            for stream in (self._stdin, proc.stdout):\n                if stream is not None:\n                    with contextlib.suppress(OSError):\n                        stream.close()  # stdin's EOF",
+        "            for stream in (self._stdin,):\n                if stream is not None:\n                    with contextlib.suppress(OSError):\n                        stream.close()  # stdin's EOF",
+    ),
+    Mutant(
+        "feeder-trusts-nonblocking-stdin",
+        "the CLI reads a streamed stdin to its end, however it was left",
+        "src/leanpool/_cli.py",
+        "                os.set_blocking(fd, True)",
+        "                pass",
+    ),
+    Mutant(
         "spill-files-kept",
         "the caller removes each spill file once its result is built",
         "src/leanpool/_caller/result.py",
@@ -279,8 +300,8 @@ MUTANTS = (
         "stream-announced-at-eof",
         "the CLI starts tasks as their lines arrive",
         "src/leanpool/_cli.py",
-        "                    offset += cut\n                    runner.more(offset)",
-        "                    offset += cut",
+        "                        self._runner.more(offset + cut + 1)",
+        "                        pass",
     ),
     Mutant(
         "bad-stream-line-kills",
@@ -293,9 +314,12 @@ MUTANTS = (
         "end-input-too-early",
         "a task added from the loop body runs in the same run",
         "src/leanpool/_api.py",
-        "                        if event.offset == announced == spool.offset:\n"
-        "                            runner.end_input(announced)",
-        "                        runner.end_input(event.offset)",
+        "                        if spool.offset != announced:  # the loop body added tasks\n"
+        "                            announced = spool.flush()\n"
+        "                            runner.more(announced)",
+        "                        if spool.offset != announced:  # the loop body added tasks\n"
+        "                            runner.end_input(announced)\n"
+        "                            announced = spool.flush()",
     ),
     # -- the protocol ---------------------------------------------------------------------
     Mutant(

@@ -188,10 +188,13 @@ class TaskRunner:
         """
         if self._running:
             raise RuntimeError("this TaskRunner is already running")
-        self._running = True
         return self._results(ordered)
 
     def _results(self, ordered: bool) -> Generator[Result, None, None]:
+        # Marked running only once iterated: a run() never iterated changes nothing.
+        if self._running:
+            raise RuntimeError("this TaskRunner is already running")
+        self._running = True
         spool, workdir, cleanup = self._spool, self._workdir, self._cleanup
         try:
             if spool is None or workdir is None:
@@ -221,11 +224,15 @@ class TaskRunner:
                         if spool.offset != announced:  # the loop body added tasks
                             announced = spool.flush()
                             runner.more(announced)
-                    elif isinstance(event, Idle):
+                    elif isinstance(event, Idle) and event.offset == announced:
                         # Everything announced is done, and the caller is here, not in
-                        # its loop body: nothing more can come.
-                        if event.offset == announced == spool.offset:
+                        # its loop body: nothing more can come, unless it was added
+                        # meanwhile (from another thread).
+                        if spool.offset == announced:
                             runner.end_input(announced)
+                        else:
+                            announced = spool.flush()
+                            runner.more(announced)
                     elif isinstance(event, Skipped):
                         self._skipped = event.count
                 assert runner.end is not None

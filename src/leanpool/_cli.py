@@ -99,33 +99,54 @@ def _open_task_file(name: str) -> IO[bytes]:
     return source
 
 
-def _feed(source: IO[bytes], spool_path: str, runner: RunnerProcess) -> None:
-    """Copy a streamed task source into the spool as it arrives, announcing whole lines.
+class _Feeder(threading.Thread):
+    """Copies a streamed task source into the spool as it arrives, announcing whole lines.
 
-    Runs in a thread of its own, so that reading results never waits on the source.  A
-    last line without a newline is completed, as a file's would be read.
+    A thread of its own, so that reading results never waits on the source.  A last line
+    without a newline is completed, as a file's would be read.  If the source fails
+    (EIO, a full disk for the spool), what arrived runs and ``error`` says why the rest
+    did not; the CLI then exits non-zero.
     """
-    fd = source.fileno()
-    offset = 0
-    tail = b""
-    with open(spool_path, "ab") as spool:
-        try:
-            while data := os.read(fd, _FEED_CHUNK):
-                data = tail + data if tail else data
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    spool.write(data[:cut])
-                    spool.flush()
-                    offset += cut
-                    runner.more(offset)
-                tail = data[cut:]
-            if tail:
-                spool.write(tail + b"\n")
+
+    def __init__(self, source: IO[bytes], spool_path: str, runner: RunnerProcess) -> None:
+        super().__init__(name="leanpool-feed", daemon=True)
+        self._source = source
+        self._spool_path = spool_path
+        self._runner = runner
+        self.error: str | None = None
+
+    def run(self) -> None:
+        fd = self._source.fileno()
+        offset = 0
+        with open(self._spool_path, "ab") as spool:
+            try:
+                os.set_blocking(fd, True)  # a parent may have left it non-blocking
+                last = b"\n"
+                while data := os.read(fd, _FEED_CHUNK):
+                    spool.write(data)  # whole lines or not: only whole ones are announced
+                    cut = data.rfind(b"\n")
+                    if cut >= 0:
+                        spool.flush()
+                        self._runner.more(offset + cut + 1)
+                    offset += len(data)
+                    last = data[-1:]
+                if last != b"\n":
+                    spool.write(b"\n")
+                    offset += 1
                 spool.flush()
-                offset += len(tail) + 1
-        except OSError:  # the source broke, or the disk is full: run what arrived
-            pass
-    runner.end_input(offset)
+            except OSError as exc:
+                self.error = f"cannot read the task stream: {exc.strerror or exc}"
+                offset = self._whole_lines(spool)
+        self._runner.end_input(offset)
+
+    def _whole_lines(self, spool: IO[bytes]) -> int:
+        """After a failure: the offset of the last whole line written."""
+        with contextlib.suppress(OSError):
+            spool.flush()
+        data = b""
+        with contextlib.suppress(OSError), open(self._spool_path, "rb") as f:
+            data = f.read()
+        return data.rfind(b"\n") + 1
 
 
 def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
@@ -149,10 +170,9 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
             "spill_dir": None,
         }
         runner = RunnerProcess(config, workdir, share_stderr=True)
+        feeder = None
         if stream:
-            feeder = threading.Thread(
-                target=_feed, args=(source, path, runner), name="leanpool-feed", daemon=True
-            )
+            feeder = _Feeder(source, path, runner)
             feeder.start()
         else:
             source.close()
@@ -167,7 +187,11 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
                 elif bar is not None and isinstance(event, (Started, Skipped)):
                     bar.started(event)
                 elif isinstance(event, Ended):
-                    return _exit_status(event.record)
+                    status = _exit_status(event.record)
+                    if feeder is not None and feeder.error is not None:
+                        _say(f"error: {feeder.error}; the tasks that arrived before it ran")
+                        return max(status, EXIT_FAILED)
+                    return status
         finally:
             if bar is not None:
                 bar.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -114,3 +115,47 @@ def test_results_are_the_same_with_and_without_leftovers_killed(keep: bool) -> N
     assert [(r.stdout, r.stderr, r.status) for r in results] == [
         (f"{i}\n", f"err{i}\n", i % 3) for i in range(20)
     ]
+
+
+def test_a_leftover_that_keeps_writing_does_not_hold_the_loop() -> None:
+    """Regression: the output left in a pipe at the main process's exit was read until
+    the pipe was empty, and `yes &` never lets it be."""
+    runner = TaskRunner(2, max_output=1000)
+    runner.add("flood", "yes & sleep 0.1; exit 0")
+    runner.add("other", "sleep 0.3; echo other")
+    began = time.monotonic()
+    results = {r.id: r for r in runner.run()}
+    assert time.monotonic() - began < 5
+    assert results["flood"].stdout == "y\n" * 500
+    assert results["other"].stdout == "other\n"
+
+
+def test_results_are_sent_while_a_leftover_has_its_grace() -> None:
+    """Regression: the run's last results waited for the end of the leftovers' grace."""
+    runner = TaskRunner(2, kill_grace=3)
+    runner.add("stubborn", f'sh -c "{IGNORES_TERM}" >/dev/null 2>&1 & sleep 0.2; echo done')
+    began = time.monotonic()
+    results = runner.run()
+    assert next(results).stdout == "done\n"
+    assert time.monotonic() - began < 1.5
+    assert list(results) == []  # the run itself ends once the leftover got its SIGKILL
+
+
+def test_a_group_is_signalled_only_while_a_member_carries_the_run_mark() -> None:
+    """A leftover group's id is free once its members are gone; the SIGKILL due a grace
+    later must not hit a new, unrelated group that got the same id."""
+    from leanpool._runner.reaping import group_has_live_member
+
+    with subprocess.Popen(["sleep", "30"], start_new_session=True) as stranger:
+        try:
+            assert group_has_live_member(stranger.pid, None)
+            assert not group_has_live_member(stranger.pid, b"LEANPOOL_RUN=ours")
+        finally:
+            stranger.kill()
+    env = {**os.environ, "LEANPOOL_RUN": "ours"}
+    with subprocess.Popen(["sleep", "30"], start_new_session=True, env=env) as member:
+        try:
+            assert group_has_live_member(member.pid, b"LEANPOOL_RUN=ours")
+        finally:
+            member.kill()
+    assert not group_has_live_member(member.pid, None)  # reaped: gone

@@ -234,3 +234,56 @@ def test_stdin_of_the_cli_is_read_as_it_comes_even_when_slow() -> None:
     # Not all at the end (1.2 s): each as its line arrived.
     assert times[0] < 0.35, times
     assert times[1] < 0.75, times
+
+
+def test_leaving_the_loop_early_is_quick_and_the_runner_exits_by_itself() -> None:
+    """Regression: close() waited 1.5 s for a runner blocked on writing results nobody
+    read, then killed it."""
+    runner = TaskRunner(4)
+    for i in range(200):
+        runner.add(i, "head -c 50000 /dev/zero | tr '\\0' x")
+    began = time.monotonic()
+    for _ in runner.run():
+        break
+    took = time.monotonic() - began
+    assert took < 1.0, f"leaving the loop took {took:.2f} s"
+
+
+def test_a_run_never_iterated_does_not_block_the_next() -> None:
+    runner = TaskRunner(2)
+    runner.add(1, "echo 1")
+    runner.run()  # never iterated
+    assert [r.stdout for r in runner.run()] == ["1\n"]
+
+
+def test_cli_reads_a_stdin_left_non_blocking(tmp_path: Path) -> None:
+    """Regression: a stdin pipe left O_NONBLOCK by a parent ended the input at its first
+    EAGAIN, silently, with exit 0."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    cli = subprocess.Popen(_cli("run", "--lines", "-"), stdin=read_end, stdout=subprocess.PIPE)
+    os.close(read_end)
+    for i in range(3):
+        time.sleep(0.2)
+        os.write(write_end, f"echo {i}\n".encode())
+    os.close(write_end)
+    out, _ = cli.communicate(timeout=30)
+    assert cli.returncode == 0
+    assert sorted(json.loads(line)["stdout"] for line in out.splitlines()) == [
+        "0\n",
+        "1\n",
+        "2\n",
+    ]
+
+
+def test_a_very_long_task_line_is_read_in_linear_time(tmp_path: Path) -> None:
+    """Regression: the spool reader rebuilt a long line at every chunk (32 MB: 6 s)."""
+    arg = "x" * (8 << 20)
+    runner = TaskRunner(1)
+    runner.add("long", ["sh", "-c", 'printf %s "$1" | wc -c', "sh", arg[: 100 << 10]])
+    runner.add("env", "true", env={"BIG": arg})
+    began = time.monotonic()
+    results = {r.id: r for r in runner.run()}
+    assert results["long"].stdout.strip() == str(100 << 10)
+    assert results["env"].status in (0, 126)  # 8 MB of environment may be too long to exec
+    assert time.monotonic() - began < 10

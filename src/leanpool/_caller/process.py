@@ -216,8 +216,12 @@ class RunnerProcess:
         """Stop the runner if it still runs, and make sure no task of this run survives."""
         proc = self._proc
         if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self._stdin.close()  # EOF: the runner stops
+            # Nobody will read the rest: close stdout too, so that a runner blocked on
+            # writing to it gets EPIPE at once instead of waiting to be killed.
+            for stream in (self._stdin, proc.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()  # stdin's EOF: the runner stops
             if self._wait(SHUTDOWN_WAIT_S) is None:
                 proc.kill()
                 proc.wait()

@@ -61,7 +61,7 @@ class SpoolReader:
 
     Invariants: ``_pos`` bytes of the file have been read; ``limit`` is the offset up to
     which the file is known to hold whole lines (``_pos <= limit``); ``_lines[_next:]``
-    are the complete lines read and not yet parsed, and ``_tail`` the start of a line
+    are the complete lines read and not yet parsed, and ``_tail`` the pieces of a line
     whose end is not yet read.
     """
 
@@ -76,7 +76,7 @@ class SpoolReader:
         self._pos = 0
         self._lines: list[bytes] = []
         self._next = 0
-        self._tail = b""
+        self._tail: list[bytes] = []
 
     def announce(self, offset: int, *, ended: bool = False) -> None:
         """The file holds whole lines up to offset (and, when ended, nothing after)."""
@@ -116,11 +116,18 @@ class SpoolReader:
         if not data:
             if self.ended and self._tail and self._pos >= self.limit:
                 # A task file whose last line has no newline: that line is whole too.
-                self._lines, self._next, self._tail = [self._tail], 0, b""
+                self._lines, self._next, self._tail = [b"".join(self._tail)], 0, []
                 return True
             return False
-        lines = (self._tail + data).split(b"\n")
-        self._tail = lines.pop()
+        if b"\n" not in data:  # a piece of a long line: joined once, at its end
+            self._tail.append(data)
+            return True
+        if self._tail:
+            self._tail.append(data)
+            data = b"".join(self._tail)
+        lines = data.split(b"\n")
+        last = lines.pop()
+        self._tail = [last] if last else []
         self._lines, self._next = lines, 0
         return True
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 from .reaping import signal_group
 
 if TYPE_CHECKING:
+    from collections.abc import Container
+
     from .._protocol.tasks import Task
     from .spawn import Environ
     from .timers import When
@@ -36,6 +38,10 @@ class Host(Protocol):
     home_fd: int
     max_output: int | None
     output_dir: str | None
+
+    @property
+    def watched(self) -> Container[int]:
+        """The descriptors being watched."""
 
     def watch(self, fd: int, events: int, child: Child) -> None:
         """Route events on fd to child.on_event until ``forget(fd)``."""

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Final
 
 from .._errors import TaskFileError
 from .._protocol.journal import Journal
-from .._protocol.records import PROTOCOL_VERSION, encode_line
+from .._protocol.records import PROTOCOL_VERSION, RUN_TOKEN_ENV, encode_line
 from .children import Child
 from .intake import Intake
 from .kinds import CHILD_KINDS
 from .outbox import OUTPUT_BACKLOG, Outbox
-from .reaping import become_subreaper, group_alive, pidfds_work, reap_ready, signal_group
+from .reaping import group_has_live_member, pidfds_work, reap_ready, signal_group
 from .results import result_of, signal_name, unstarted_result
 from .schedule import Attempt, Schedule
 from .spawn import SpawnError
@@ -63,8 +63,8 @@ INTERRUPT_GRACE_S: Final = 0.5
 halt now): short, because whoever stopped the run is waiting for it to end."""
 
 _LEFTOVER_PROBE_S: Final = 0.01
-"""How often, at the end of a run, to look whether leftover groups obeyed SIGTERM before
-their SIGKILL is due: only on that path, and only while such a group exists."""
+"""How often, once nothing else runs, to look whether leftover groups obeyed SIGTERM
+before their SIGKILL is due: only then, and only while such a group exists."""
 
 EPOLLIN: Final = select.EPOLLIN
 
@@ -117,6 +117,9 @@ class Runner:
         )
         self.outbox = Outbox(self.epoll, self.journal, ordered=config["ordered"])
         self._idle_at = -1
+        self.leftover_groups: set[int] = set()
+        token = os.environ.get(RUN_TOKEN_ENV)
+        self._mark = None if token is None else f"{RUN_TOKEN_ENV}={token}".encode()
         self._skipped_sent = 0
         self._signalled = 0
         # What the Host protocol offers children.
@@ -131,7 +134,6 @@ class Runner:
     def run(self) -> int:
         """Run to the end; 0 after an ``end`` record, 1 after a ``fatal`` one."""
         self._install_signals()
-        become_subreaper()
         start: StartRecord = {"leanpool": "start", "protocol": PROTOCOL_VERSION}
         if not self.intake.stream:
             self.intake.validate()
@@ -141,7 +143,6 @@ class Runner:
         self.outbox.control(encode_line(start))
         try:
             self._loop()
-            self._kill_leftovers_at_end()
         finally:
             self._kill_all()
         self.outbox.release_held()
@@ -168,14 +169,19 @@ class Runner:
                 self._fill()
                 if self.intake.skipped != self._skipped_sent:
                     self._send_skipped()
+            wait = self.timers.wait_s()
             if not self.active and self._over():
-                return
+                if not self._leftovers_remain():
+                    return
+                # Only leftovers that got SIGTERM are left: look again shortly whether
+                # they obeyed, while results, signals and the caller are still served.
+                wait = _LEFTOVER_PROBE_S if wait < 0 else min(wait, _LEFTOVER_PROBE_S)
             if outbox.backlog:
                 outbox.flush()
                 if outbox.caller_gone:
                     self._caller_gone()
                     continue
-            for fd, events in poll(self.timers.wait_s()):
+            for fd, events in poll(wait):
                 child = by_fd.get(fd)
                 if child is not None:
                     child.on_event(fd, events)
@@ -222,14 +228,22 @@ class Runner:
     # -- starting --------------------------------------------------------------------------
 
     def _fill(self) -> None:
+        """Start attempts while slots are free and the caller keeps up.
+
+        A retry may start while ordered results wait for it (they count in the backlog,
+        and only it can release them); a new task only while the whole backlog is
+        under ``OUTPUT_BACKLOG``.
+        """
         active = self.active
         schedule = self.schedule
         outbox = self.outbox
-        while len(active) < schedule.parallel and outbox.backlog < OUTPUT_BACKLOG:
+        while len(active) < schedule.parallel and outbox.unsent < OUTPUT_BACKLOG:
             if schedule.ready:
                 waiting = schedule.ready.popleft()
                 task, seq, attempt = waiting.task, waiting.seq, waiting.number
             else:
+                if outbox.backlog >= OUTPUT_BACKLOG:
+                    return
                 try:
                     fresh = self.intake.next_task()
                 except TaskFileError as exc:
@@ -276,9 +290,13 @@ class Runner:
 
     # -- what children ask of the loop (the Host protocol) ----------------------------------
 
+    @property
+    def watched(self) -> dict[int, Child]:
+        return self.by_fd
+
     def watch(self, fd: int, events: int, child: Child) -> None:
-        self.by_fd[fd] = child
         self.epoll.register(fd, events)
+        self.by_fd[fd] = child
 
     def forget(self, fd: int) -> None:
         # Unregister before closing: closing our descriptor does not always remove it from
@@ -306,10 +324,23 @@ class Runner:
         grace = INTERRUPT_GRACE_S if child.abandoned else self.options["kill_grace"]
         signal_group(child.pid, signal.SIGTERM)
         self.timers.add(grace, When.KILL_LEFTOVERS, child.pid)
+        self.leftover_groups.add(child.pid)
 
-    def _reap_adopted(self) -> None:
-        """Reap every child that exited: adopted leftovers, and any task of ours whose
-        exit had not been collected yet (it is finished as it would have been)."""
+    def _kill_leftovers(self, pgid: int) -> None:
+        """SIGKILL a leftover group, if it is still this run's (its id may be reused)."""
+        self.leftover_groups.discard(pgid)
+        if pgid not in self.active and group_has_live_member(pgid, self._mark):
+            signal_group(pgid, signal.SIGKILL)
+
+    def _leftovers_remain(self) -> bool:
+        """Forget the leftover groups that are gone; whether any is left."""
+        for pgid in list(self.leftover_groups):
+            if not group_has_live_member(pgid, self._mark):
+                self.leftover_groups.discard(pgid)
+        return bool(self.leftover_groups)
+
+    def _reap_exited(self) -> None:
+        """SIGCHLD (no pidfds): finish every task of ours that exited."""
         active = self.active
         for pid, status in reap_ready():
             child = active.get(pid)
@@ -355,7 +386,7 @@ class Runner:
         if self._signalled:
             self._on_signal()
         if not self.pidfds:  # SIGCHLD: some child exited
-            self._reap_adopted()
+            self._reap_exited()
 
     def _on_control(self) -> None:
         self.intake.on_control()
@@ -376,10 +407,8 @@ class Runner:
                 self.schedule.retry_due(subject, stopping=self.phase is not Phase.RUNNING)
             elif what is When.KILL_LEFTOVERS:
                 assert isinstance(subject, int)
-                # Its leader was reaped: a new task of ours may have its pid by now.
-                if subject not in self.active:
-                    signal_group(subject, signal.SIGKILL)
-                self._reap_adopted()
+                if subject in self.leftover_groups:
+                    self._kill_leftovers(subject)
             elif what is not When.WAKE:  # WAKE only wakes the loop: _fill runs next
                 assert isinstance(subject, Child)
                 if subject.done or self.active.get(subject.pid) is not subject:
@@ -452,6 +481,8 @@ class Runner:
             self.stopped_by = by
         self.phase = Phase.STOPPING
         self.schedule.clear()
+        for pgid in list(self.leftover_groups):  # they had their SIGTERM already
+            self._kill_leftovers(pgid)
         for child in list(self.active.values()):
             if child.abandoned:
                 continue
@@ -461,30 +492,10 @@ class Runner:
             if child.done:
                 self._complete(child)
 
-    def _kill_leftovers_at_end(self) -> None:
-        """Before the end record: leftover groups that got SIGTERM are gone, or killed.
-
-        Waits at most until their SIGKILL is due, looking every ``_LEFTOVER_PROBE_S``
-        whether SIGTERM was enough; only runs when such a group exists.
-        """
-        pending = self.timers.pending(When.KILL_LEFTOVERS)
-        while pending:
-            self._reap_adopted()
-            pending = [d for d in pending if isinstance(d.subject, int) and group_alive(d.subject)]
-            now = time.monotonic()
-            for deadline in [d for d in pending if d.at <= now]:
-                assert isinstance(deadline.subject, int)
-                signal_group(deadline.subject, signal.SIGKILL)
-                pending.remove(deadline)
-            if pending:
-                time.sleep(_LEFTOVER_PROBE_S)
-        self.timers.drop(When.KILL_LEFTOVERS)
-
     def _kill_all(self) -> None:
         """Last resort on the way out: no task group outlives the runner."""
-        for deadline in self.timers.pending(When.KILL_LEFTOVERS):
-            assert isinstance(deadline.subject, int)
-            signal_group(deadline.subject, signal.SIGKILL)
+        for pgid in list(self.leftover_groups):
+            self._kill_leftovers(pgid)
         for pid in self.active:
             signal_group(pid, signal.SIGKILL)
         deadline_at = time.monotonic() + 2.0

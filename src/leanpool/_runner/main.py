@@ -30,24 +30,38 @@ __all__ = ["main"]
 
 def main(argv: list[str]) -> int:
     """Run the tasks the JSON config in argv[0] describes."""
+    runner = None
     try:
         config: RunnerConfig = json.loads(argv[0])
-        return Runner(config).run()
+        runner = Runner(config)
+        return runner.run()
     except TaskFileError as exc:
-        _fatal("task_file", str(exc), line=exc.line, reason=exc.reason)
+        _fatal(runner, "task_file", str(exc), line=exc.line, reason=exc.reason)
     except JournalError as exc:
-        _fatal("journal", str(exc))
+        _fatal(runner, "journal", str(exc))
     except ControlError as exc:
-        _fatal("protocol", f"the caller broke the protocol: {exc}")
+        _fatal(runner, "protocol", f"the caller broke the protocol: {exc}")
     except OSError as exc:
-        _fatal("runner", f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc))
+        _fatal(runner, "runner", f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc))
     except Exception as exc:
         traceback.print_exc()
-        _fatal("runner", f"{type(exc).__name__}: {exc}")
+        _fatal(runner, "runner", f"{type(exc).__name__}: {exc}")
     return 1
 
 
-def _fatal(kind: FatalKind, message: str, *, line: int | None = None, reason: str = "") -> None:
+def _fatal(
+    runner: Runner | None,
+    kind: FatalKind,
+    message: str,
+    *,
+    line: int | None = None,
+    reason: str = "",
+) -> None:
+    """Send the results still buffered (each is journaled, and one may be half sent),
+    then the fatal record: the stream stays a stream of whole records."""
+    if runner is not None:
+        with contextlib.suppress(OSError):
+            runner.outbox.flush(final=True)
     record: FatalRecord = {
         "leanpool": "fatal",
         "protocol": PROTOCOL_VERSION,

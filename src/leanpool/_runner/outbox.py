@@ -50,6 +50,7 @@ class Outbox:
         self._watching = False
         self._pollable = True
         self._held: dict[int, bytes] = {}
+        self._held_size = 0
         self._next_seq = 0
         self.caller_gone = False
         os.set_blocking(1, False)
@@ -57,9 +58,14 @@ class Outbox:
             fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, _BIG_PIPE)
 
     @property
-    def backlog(self) -> int:
-        """Bytes written and not yet taken by the caller."""
+    def unsent(self) -> int:
+        """Bytes of results queued for the caller and not yet taken."""
         return len(self._buf) - self._pos
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of results not yet taken by the caller, those held for order included."""
+        return len(self._buf) - self._pos + self._held_size
 
     @property
     def holding(self) -> bool:
@@ -84,8 +90,11 @@ class Outbox:
             return
         held = self._held
         held[seq] = line
+        self._held_size += len(line)
         while self._next_seq in held:
-            self._buf += held.pop(self._next_seq)
+            sent = held.pop(self._next_seq)
+            self._held_size -= len(sent)
+            self._buf += sent
             self._next_seq += 1
 
     def release_held(self) -> None:
@@ -93,6 +102,7 @@ class Outbox:
         for seq in sorted(self._held):
             self._buf += self._held[seq]
         self._held.clear()
+        self._held_size = 0
 
     def flush(self, *, final: bool = False) -> None:
         """Send what the caller's pipe takes now (all of it, blocking, when final)."""

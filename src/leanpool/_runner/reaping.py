@@ -16,34 +16,14 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
-    "become_subreaper",
     "group_alive",
+    "group_has_live_member",
     "open_pidfd",
     "pidfds_work",
     "reap_ready",
     "signal_group",
     "try_reap",
 ]
-
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """Adopt the orphans of our tasks (Linux 3.4+), so that we can reap them.
-
-    A process a task leaves behind is reparented when the task's main process exits.
-    To init, by default: and an init that does not reap (a container's) leaves its
-    zombies in the task's process group forever, so that the group never looks empty.
-    As a subreaper the runner gets them, and reaps them itself.  ctypes is imported
-    here only: it is the one way to call prctl from the standard library.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 def pidfds_work() -> bool:
@@ -99,10 +79,11 @@ def signal_group(pgid: int, sig: int) -> None:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether process group pgid still has a member.
+    """Whether process group pgid still has a member, one syscall: the per-task probe.
 
-    Ask only after its leader was reaped, and after reaping what was adopted: an
-    unreaped (zombie) member still counts.
+    Ask only after its leader was reaped: an unreaped (zombie) leader counts.  So does a
+    zombie member that its new parent has not reaped yet (an init that never reaps, in
+    a container), which is why the slow paths ask ``group_has_live_member``.
     """
     try:
         os.killpg(pgid, 0)
@@ -111,3 +92,36 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:  # a member changed its credentials: it is still there
         return True
     return True
+
+
+def group_has_live_member(pgid: int, mark: bytes | None) -> bool:
+    """Whether a live (not zombie) process of group pgid carries mark in its environment.
+
+    The mark (``LEANPOOL_RUN=<token>``) makes sure that the group is still one of this
+    run's: once the last member of a task's group is gone, its id is free, and a SIGKILL
+    sent to it a grace period later could hit an unrelated group that got the id.  Reads
+    /proc, so it is for the rare paths only (leftovers); None skips the mark check.
+    """
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return False
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) != pgid or fields[0] in (b"Z", b"X"):
+            continue
+        if mark is None:
+            return True
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    return True
+        except OSError:  # gone, or not ours to read: not ours
+            continue
+    return False

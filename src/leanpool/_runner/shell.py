@@ -22,10 +22,11 @@ import errno
 import fcntl
 import os
 import select
+import signal
 from typing import TYPE_CHECKING, Final
 
 from .children import Child, Outcome
-from .reaping import group_alive, open_pidfd, try_reap
+from .reaping import group_alive, open_pidfd, signal_group, try_reap
 from .spawn import ProcessSpec, SpawnError, devnull, merged_env, start_process
 from .timers import When
 
@@ -109,17 +110,23 @@ def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
             if fd >= 0:
                 os.close(fd)
     child = ShellChild(task, seq, attempt, pid, host, out_r, err_r)
-    if paths is not None:
-        child.stdout_file, child.stderr_file = paths
-    else:
-        host.watch(out_r, EPOLLIN, child)
-        host.watch(err_r, EPOLLIN, child)
-    child.watch_exit()
-    if in_w >= 0:
-        os.set_blocking(in_w, False)
-        child.in_fd = in_w
-        child.in_view = memoryview(command.stdin or b"")
-        child.write_stdin(registered=False)
+    try:
+        if paths is not None:
+            child.stdout_file, child.stderr_file = paths
+        else:
+            host.watch(out_r, EPOLLIN, child)
+            host.watch(err_r, EPOLLIN, child)
+        child.watch_exit()
+        if in_w >= 0:
+            os.set_blocking(in_w, False)
+            child.in_fd = in_w
+            child.in_view = memoryview(command.stdin or b"")
+            child.write_stdin(registered=False)
+    except OSError as exc:  # the epoll set is full (max_user_watches): undo the start
+        child.discard()
+        if in_w >= 0 and child.in_fd < 0:
+            os.close(in_w)
+        raise SpawnError(126, f"cannot watch the task: {exc.strerror}") from None
     return child
 
 
@@ -315,19 +322,46 @@ class ShellChild(Child):
         self._finish()
 
     def _drain(self, fd: int) -> bool:
-        """Read what fd holds now, then close it; True if a writer still held it."""
+        """Read what fd holds now, then close it; True if a writer still held it.
+
+        Reads at most one pipe's capacity: a leftover that keeps writing (``yes &``)
+        must not keep the loop here.
+        """
         os.set_blocking(fd, False)
         try:
-            while data := os.read(fd, BIG_PIPE):
+            budget = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        except OSError:
+            budget = BIG_PIPE
+        held = True
+        try:
+            while budget > 0:
+                data = os.read(fd, budget)
+                if not data:
+                    held = False
+                    break
+                budget -= len(data)
                 if not self.abandoned:
                     self._keep(fd == self.out_fd, data)
         except BlockingIOError:
-            self._close_output(fd)
-            return True
+            pass
         self._close_output(fd)
-        return False
+        return held
 
     def _finish(self) -> None:
+        self.done = True
+
+    def discard(self) -> None:
+        """Undo a start that could not be watched: kill, reap, close everything."""
+        signal_group(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.status = -signal.SIGKILL
+        for fd in (self.out_fd, self.err_fd, self.exit_fd, self.in_fd):
+            if fd >= 0:
+                if fd in self.host.watched:
+                    self.host.forget(fd)
+                else:
+                    os.close(fd)
+        self.out_fd = self.err_fd = self.exit_fd = self.in_fd = -1
         self.done = True
 
     # -- stopping --------------------------------------------------------------------------
@@ -341,8 +375,12 @@ class ShellChild(Child):
                 self._close_output(fd)
 
     def outcome(self) -> Outcome:
+        """How it ended; the output moves to the Outcome, so that a deadline that still
+        refers to this child does not keep its output alive."""
         assert self.status is not None
         result = Outcome(self.status, b"".join(self.out_chunks), b"".join(self.err_chunks))
+        self.out_chunks = []
+        self.err_chunks = []
         result.stdout_truncated = self.out_truncated
         result.stderr_truncated = self.err_truncated
         result.stdout_file = self.stdout_file
