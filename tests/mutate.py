@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_MUTANT_TIMEOUT_S = 420
+VERBOSE = False
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,8 @@ MUTANTS = (
         "drain-unbounded",
         "a leftover that keeps writing to the task's pipe does not hold the loop",
         "src/leanpool/_runner/shell.py",
-        "            while budget > 0:",
-        "            while True:",
+        "                budget -= len(data)",
+        "                pass",
     ),
     Mutant(
         "fatal-drops-buffered-results",
@@ -323,11 +325,11 @@ MUTANTS = (
     ),
     # -- the protocol ---------------------------------------------------------------------
     Mutant(
-        "cut-stream-accepted",
-        "a stream cut mid-line is a dead runner",
+        "garbage-after-end-accepted",
+        "half a line after the last record is a protocol error",
         "src/leanpool/_protocol/reader.py",
-        "        if not self.finished or self._pending:",
-        "        if not self.finished:",
+        "        if self._pending:\n            raise ProtocolError(",
+        "        if False:\n            raise ProtocolError(",
     ),
     Mutant(
         "version-unchecked",
@@ -386,6 +388,8 @@ def run_one(mutant: Mutant) -> tuple[str, str, float]:
                 time.monotonic() - began,
             )
         took = time.monotonic() - began
+        if VERBOSE:
+            print(proc.stdout[-6000:], proc.stderr[-2000:], flush=True)
         failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
         if proc.returncode == 0:
             return "survived", proc.stdout.strip().splitlines()[-1], took
@@ -395,11 +399,17 @@ def run_one(mutant: Mutant) -> tuple[str, str, float]:
 
 
 def main() -> int:
+    # Started in the background of a shell, we (and so the suite) would inherit SIGINT
+    # ignored, and the Ctrl-C tests would fail for that alone.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="run only these mutants")
     parser.add_argument("--markdown", metavar="PATH", help="write the result table here")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show each run's output")
     args = parser.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
     if args.list:
         for m in chosen:

@@ -132,8 +132,10 @@ def test_dropping_an_unfinished_run_cleans_up(tmp_path: Path) -> None:
 
 CALLER = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from leanpool import TaskRunner
+    # A job started in the background of a script inherits SIGINT ignored: take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     pid_dir, prelude = sys.argv[1], sys.argv[2]
     runner = TaskRunner(4)
     for i in range(4):

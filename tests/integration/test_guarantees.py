@@ -220,3 +220,41 @@ def test_a_stubborn_task_of_a_stopped_run_is_not_left_running(tmp_path: Path) ->
         pid = _pid(pidfile)
         break
     assert not alive(pid) or wait_gone([pid], within=1.5) >= 0
+
+
+SLOW_READER = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from leanpool import TaskRunner
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+    runner = TaskRunner(4, journal=sys.argv[1])
+    for i in range(80):  # 60 kB results: inline (under the spill size), 17 fill the pipe
+        runner.add(i, f"head -c 60000 /dev/zero | tr '\\\\0' x; echo {i}")
+    results = runner.run()
+    seen = [next(results).id]
+    time.sleep(2)  # a slow caller: results pile up in the pipe and the runner's buffer
+    try:
+        seen.extend(r.id for r in results)
+    except Exception as exc:
+        print(json.dumps(seen))
+        print("ERROR", type(exc).__name__, exc, flush=True)
+    """
+)
+
+
+def test_a_fatal_error_comes_after_every_result_already_journaled(tmp_path: Path) -> None:
+    """Results buffered in the runner for a slow caller are journaled: when the journal
+    then fails, the caller must still get each of them before the error."""
+    journal = tmp_path / "journal.jsonl"
+    proc = subprocess.run(
+        [PY, "-c", SLOW_READER, str(journal), str(2_000_000)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    seen_line, error = proc.stdout.splitlines()[-2:]
+    assert error.startswith("ERROR JournalError cannot write journal"), proc.stdout
+    records = [json.loads(line)["id"] for line in journal.read_bytes().splitlines()]
+    assert json.loads(seen_line) == records
+    assert len(records) > 20  # more than the pipe holds: some waited in the runner

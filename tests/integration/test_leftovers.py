@@ -86,8 +86,10 @@ def test_leftovers_kept_on_purpose_per_run_and_per_task() -> None:
 
 
 def test_a_timeout_kills_the_whole_group_even_when_leftovers_are_kept() -> None:
+    """The grandchild ignores SIGTERM and outlives its parent: only the SIGKILL that a
+    timeout owes the whole group gets rid of it, kept leftovers or not."""
     runner = TaskRunner(2, kill_leftovers=False, kill_grace=0.3)
-    runner.add("slow", "sleep 33 & echo $!; wait", timeout=0.3)
+    runner.add("slow", f'sh -c "{IGNORES_TERM}" & echo $!; wait', timeout=0.5)
     (result,) = runner.run()
     assert result.timed_out
     wait_gone([_leftover_pid(result.stdout)], within=1.5)

@@ -182,3 +182,10 @@ def test_nothing_may_follow_the_last_record() -> None:
     reader = RecordReader()
     with pytest.raises(ProtocolError, match="after the last record"):
         reader.feed(_stream(_end(), _result()))
+
+
+def test_half_a_line_after_the_last_record_is_a_protocol_error() -> None:
+    reader = RecordReader()
+    reader.feed(_stream(_end()) + b'{"id": 1, "sta')
+    with pytest.raises(ProtocolError, match="after the last record"):
+        reader.close(0, "")

@@ -130,9 +130,16 @@ class RecordReader:
         Raises:
             RunnerCrashed: the stream ended without an ``end`` or ``fatal`` record (or
                 in the middle of a line: the runner died while writing).
+            ProtocolError: something that is not a whole line came after the last record.
         """
-        if not self.finished or self._pending:
+        if not self.finished:
             raise RunnerCrashed(returncode, stderr, completed=self.completed)
+        if self._pending:
+            raise ProtocolError(
+                b"".join(self._pending)[:200],
+                "data after the last record",
+                completed=self.completed,
+            )
 
     def _event(self, line: bytes) -> Event:
         if self.finished:
