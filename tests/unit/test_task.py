@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -118,20 +120,109 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+def _expected(record: dict[str, object]) -> tuple[object, ...] | None:
+    """An independent statement of the rules: the task a record must give, or None
+    when it must be refused.  Written from docs/protocol.md, not from the code."""
+    fields = {"id", "cmd", "env", "cwd", "stdin", "stdin_b64", "timeout", "kill_leftovers"}
+    if "cmd" not in record or "id" not in record or not set(record) <= fields:
+        return None
+    task_id, cmd = record["id"], record["cmd"]
+    if isinstance(task_id, bool) or not isinstance(task_id, (str, int)):
+        return None
+    if isinstance(cmd, str) and cmd.strip():
+        argv, shell = ["/bin/sh", "-c", cmd], True
+    elif isinstance(cmd, list) and cmd and all(isinstance(a, str) for a in cmd):
+        argv, shell = cmd, False
+    else:
+        return None
+    env = record.get("env")
+    if env is not None and not (
+        isinstance(env, dict)
+        and all(k and "=" not in k and (v is None or isinstance(v, str)) for k, v in env.items())
+    ):
+        return None
+    cwd = record.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        return None
+    text, b64 = record.get("stdin"), record.get("stdin_b64")
+    if text is not None and b64 is not None:
+        return None
+    stdin = None
+    if text is not None:
+        if not isinstance(text, str):
+            return None
+        stdin = text.encode()
+    if b64 is not None:
+        if not isinstance(b64, str):
+            return None
+        try:
+            stdin = base64.b64decode(b64.encode("ascii"), validate=True)
+        except (ValueError, UnicodeEncodeError):
+            return None
+    timeout = record.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            return None
+        if not (timeout > 0 and math.isfinite(timeout)):
+            return None
+        timeout = float(timeout)
+    keep = record.get("kill_leftovers")
+    if keep is not None and not isinstance(keep, bool):
+        return None
+    return (task_id, argv, shell, env, cwd or None, stdin, timeout, keep)
+
+
+@settings(max_examples=600, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["id", "cmd", "env", "cwd", "stdin", "stdin_b64", "timeout", "x"]),
+        st.sampled_from(
+            ["id", "cmd", "env", "cwd", "stdin", "stdin_b64", "timeout", "kill_leftovers", "x"]
+        ),
         json_values,
         max_size=6,
     )
 )
-def test_any_json_object_gives_a_task_or_a_task_file_error(record: dict[str, object]) -> None:
+def test_any_json_object_gives_the_task_the_rules_say_or_an_error(
+    record: dict[str, object],
+) -> None:
     raw = json.dumps(record).encode()
+    expected = _expected(record)
     try:
         task = parse_line(raw, 3)
     except TaskFileError as exc:
         assert exc.line == 3
-    else:
-        assert isinstance(task, CommandTask)
-        assert task.id == record["id"]
+        assert expected is None, f"refused a valid record: {exc.reason}"
+        return
+    assert isinstance(task, CommandTask)
+    assert expected is not None, "accepted an invalid record"
+    got = (task.id, task.argv, task.shell, task.env, task.cwd, task.stdin, task.timeout)
+    assert (*got, task.kill_leftovers) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"id": st.integers() | st.text(max_size=10), "cmd": st.text(min_size=1, max_size=30)},
+        optional={
+            "timeout": st.floats(min_value=0.001, max_value=1e6),
+            "stdin_b64": st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode()),
+            "env": st.dictionaries(st.sampled_from(["A", "B_1", "PATH"]), st.text(max_size=5)),
+        },
+    )
+)
+def test_valid_records_keep_every_value(record: dict[str, object]) -> None:
+    assert isinstance(record["cmd"], str)
+    if not record["cmd"].strip():
+        return
+    task = parse_line(json.dumps(record).encode(), 1)
+    assert isinstance(task, CommandTask)
+    assert _expected(record) == (
+        task.id,
+        task.argv,
+        task.shell,
+        task.env,
+        task.cwd,
+        task.stdin,
+        task.timeout,
+        task.kill_leftovers,
+    )
