@@ -49,6 +49,9 @@ class Host(Protocol):
     def forget(self, fd: int) -> None:
         """Stop watching fd and close it."""
 
+    def watch_exit_later(self, child: Child) -> None:
+        """Call ``child.watch_exit()`` if it still runs ``EXIT_WATCH_AFTER_S`` from now."""
+
     def after(self, delay: float, what: When, child: Child) -> None:
         """A deadline about child (``When.REAP``: call ``child.watch_exit()`` again)."""
 
@@ -121,8 +124,14 @@ class Child:
         """The main process exited with status (already reaped by the loop)."""
         raise NotImplementedError
 
+    @property
+    def exit_watched(self) -> bool:
+        """Whether the main process's exit will be seen whatever its pipes do."""
+        raise NotImplementedError
+
     def watch_exit(self) -> None:
-        """Try again to watch for the main process's exit (after ``When.REAP``)."""
+        """Watch for the main process's exit (now, after ``When.REAP``, or when the loop's
+        ``When.WATCH_EXITS`` finds the child still running)."""
         raise NotImplementedError
 
     def abandon(self) -> None:

@@ -62,6 +62,15 @@ INTERRUPT_GRACE_S: Final = 0.5
 """Seconds between SIGTERM and SIGKILL when the whole run is stopped (Ctrl-C, caller gone,
 halt now): short, because whoever stopped the run is waiting for it to end."""
 
+EXIT_WATCH_AFTER_S: Final = 0.05
+"""How long a task runs before its main process's exit is watched through a pidfd.
+
+A task's exit is nearly always seen as EOF on its pipes, and one waitpid then reaps it.
+Only a task that leaves a process holding its pipes (``sleep 60 & echo started``) needs
+its exit watched apart, so that its slot frees when it ends.  A pidfd costs four system
+calls; most tasks of a big batch end well before this, and never pay them.  A task that
+leaves its pipes to a leftover is seen to end at most this much later."""
+
 _LEFTOVER_PROBE_S: Final = 0.01
 """How often, once nothing else runs, to look whether leftover groups obeyed SIGTERM
 before their SIGKILL is due: only then, and only while such a group exists."""
@@ -117,6 +126,7 @@ class Runner:
         )
         self.outbox = Outbox(self.epoll, self.journal, ordered=config["ordered"])
         self._idle_at = -1
+        self._exit_sweep_due = False
         self.leftover_groups: set[int] = set()
         token = os.environ.get(RUN_TOKEN_ENV)
         self._mark = None if token is None else f"{RUN_TOKEN_ENV}={token}".encode()
@@ -315,6 +325,29 @@ class Runner:
     def after(self, delay: float, what: When, child: Child) -> None:
         self.timers.add(delay, what, child)
 
+    def watch_exit_later(self, child: Child) -> None:
+        if not self._exit_sweep_due and not child.exit_watched:
+            self._exit_sweep_due = True
+            self.timers.add(EXIT_WATCH_AFTER_S, When.WATCH_EXITS, None)
+
+    def _watch_exits(self) -> None:
+        """Watch the exits of the tasks that have run long enough to need it; come back
+        for the others.  One deadline for all tasks, only while some need it."""
+        self._exit_sweep_due = False
+        now = time.monotonic()
+        soonest = None
+        for child in self.active.values():
+            if child.done or child.exit_watched:
+                continue
+            due = child.started + EXIT_WATCH_AFTER_S
+            if due <= now:
+                child.watch_exit()
+            elif soonest is None or due < soonest:
+                soonest = due
+        if soonest is not None:
+            self._exit_sweep_due = True
+            self.timers.add(soonest - now, When.WATCH_EXITS, None)
+
     def leftovers_found(self, child: Child) -> None:
         keep = child.task.kill_leftovers
         if keep is None:
@@ -409,6 +442,8 @@ class Runner:
                 assert isinstance(subject, int)
                 if subject in self.leftover_groups:
                     self._kill_leftovers(subject)
+            elif what is When.WATCH_EXITS:
+                self._watch_exits()
             elif what is not When.WAKE:  # WAKE only wakes the loop: _fill runs next
                 assert isinstance(subject, Child)
                 if subject.done or self.active.get(subject.pid) is not subject:

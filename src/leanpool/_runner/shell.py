@@ -2,7 +2,8 @@
 
 A shell attempt watches up to four descriptors: its stdout and stderr pipes (drained as
 they become readable, so no output size can deadlock), its stdin pipe when the task has
-input, and a pidfd for its main process.  It is done when its main process is reaped and
+input, and, once it has run for ``EXIT_WATCH_AFTER_S`` (or closed its pipes, or writes
+to files), a pidfd for its main process.  It is done when its main process is reaped and
 its pipes are closed:
 
 - nearly always the pipes reach EOF first (a process closes its descriptors as it
@@ -116,7 +117,10 @@ def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
         else:
             host.watch(out_r, EPOLLIN, child)
             host.watch(err_r, EPOLLIN, child)
-        child.watch_exit()
+        if paths is not None:  # no pipe will tell: watch the exit at once
+            child.watch_exit()
+        else:  # most tasks end before they need it (see EXIT_WATCH_AFTER_S)
+            host.watch_exit_later(child)
         if in_w >= 0:
             os.set_blocking(in_w, False)
             child.in_fd = in_w
@@ -220,8 +224,10 @@ class ShellChild(Child):
         if self.out_fd < 0 and self.err_fd < 0:
             if self.status is None:
                 status = try_reap(self.pid)
-                if status is None:
-                    return  # it closed its pipes but runs on: its exit will tell
+                if status is None:  # it closed its pipes but runs on: its exit will tell
+                    if self.exit_fd < 0:
+                        self.watch_exit()
+                    return
                 self._exited(status)
             else:
                 self._finish()
@@ -279,9 +285,14 @@ class ShellChild(Child):
 
     # -- the main process's exit -----------------------------------------------------------
 
+    @property
+    def exit_watched(self) -> bool:
+        """Whether its main process's exit will be seen without its pipes' EOF."""
+        return self.exit_fd >= 0 or self.status is not None or not self.host.pidfds
+
     def watch_exit(self) -> None:
         """Watch the main process's exit through a pidfd (or leave it to SIGCHLD)."""
-        if not self.host.pidfds or self.status is not None:
+        if self.exit_watched:
             return
         try:
             self.exit_fd = open_pidfd(self.pid)
@@ -373,6 +384,7 @@ class ShellChild(Child):
         for fd in (self.out_fd, self.err_fd):
             if fd >= 0:
                 self._close_output(fd)
+        self.watch_exit()  # no pipe is left to tell when it ends
 
     def outcome(self) -> Outcome:
         """How it ended; the output moves to the Outcome, so that a deadline that still

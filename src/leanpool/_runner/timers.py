@@ -28,6 +28,8 @@ class When(enum.Enum):
     """A failed task's retry delay is over: queue its next attempt."""
     REAP = "reap"
     """Look again for an exit that could not be watched (out of descriptors)."""
+    WATCH_EXITS = "watch_exits"
+    """Watch the exits of the tasks that have run for ``EXIT_WATCH_AFTER_S``."""
     WAKE = "wake"
     """Nothing to do but wake the loop: try starting tasks again after a back-off."""
 
