@@ -173,8 +173,15 @@ MUTANTS = (
         "no-exit-watch",
         "a task is finished when its main process exits, whoever holds its pipes",
         "src/leanpool/_runner/shell.py",
-        "        if not self.host.pidfds or self.status is not None:\n            return",
+        "        if self.exit_watched:\n            return",
         "        if True:\n            return",
+    ),
+    Mutant(
+        "no-late-exit-watch",
+        "a task whose pipes a leftover holds frees its slot soon after it ends",
+        "src/leanpool/_runner/loop.py",
+        "            if due <= now:\n                child.watch_exit()",
+        "            if due <= now:\n                pass",
     ),
     Mutant(
         "sigchld-fallback-broken",
