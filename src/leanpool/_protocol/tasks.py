@@ -107,7 +107,12 @@ class CommandTask(Task):
         timeout: float | None = None,
         kill_leftovers: bool | None = None,
     ) -> None:
-        super().__init__(task_id, line=line, timeout=timeout, kill_leftovers=kill_leftovers)
+        # Task's fields set here rather than through super().__init__: the runner builds
+        # two of these per task (validation and run), and the call is a tenth of it.
+        self.id = task_id
+        self.line = line
+        self.timeout = timeout
+        self.kill_leftovers = kill_leftovers
         self.argv = argv
         self.shell = shell
         self.env = env
