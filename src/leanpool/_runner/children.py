@@ -95,7 +95,11 @@ class Child:
 
     Life: ``start`` (the kind's constructor) -> events routed to ``on_event`` (and
     ``on_exit`` on the SIGCHLD path) -> ``done`` -> ``outcome()``.  ``done`` becomes true
-    once: after that the child holds no descriptor and its main process is reaped.
+    once: the attempt is over and the child holds nothing the loop must still watch for
+    it.  For the shell kind that means its main process is reaped and its pipes are
+    closed; a kind whose process outlives an attempt (a warm worker running many calls)
+    will need the loop to key attempts apart from processes (``active`` is keyed by
+    pid today, and a timeout signals the pid's whole group).
 
     Attributes:
         task, seq, attempt: what runs (seq: the task's position in the input).
