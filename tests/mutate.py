@@ -134,6 +134,13 @@ MUTANTS = (
         "            pass",
     ),
     Mutant(
+        "stop-taken-for-death",
+        "a caller that asks to stop keeps its directory (and the runner's warnings in it)",
+        "src/leanpool/_runner/loop.py",
+        '        if caller_gone and not self.intake.stop_asked and self.config["cleanup_dir"]:',
+        '        if caller_gone and self.config["cleanup_dir"]:',
+    ),
+    Mutant(
         "no-sweep-after-runner-death",
         "after a runner death, the caller kills every process of the run",
         "src/leanpool/_caller/process.py",

@@ -288,3 +288,19 @@ def test_a_very_long_task_line_is_read_in_linear_time(tmp_path: Path) -> None:
     assert results["long"].stdout.strip() == str(100 << 10)
     assert results["env"].status in (0, 126)  # 8 MB of environment may be too long to exec
     assert time.monotonic() - began < 10
+
+
+def test_the_runner_warnings_of_a_run_left_early_still_reach_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: leaving the loop closed the runner's stdin, which it read as "the
+    caller is gone", and it removed the caller's directory with its own stderr file in
+    it.  The caller now says "stop" first."""
+    runner = TaskRunner(2, halt=1)
+    runner.add("fails", "exit 1")
+    runner.add("slow", "sleep 5")
+    with caplog.at_level("WARNING", logger="leanpool"):
+        for result in runner.run():
+            assert result.id == "fails"
+            break
+    assert "1 task(s) failed: starting no more tasks" in caplog.text

@@ -37,7 +37,13 @@ if TYPE_CHECKING:
 
     from .._protocol.config import RunnerConfig
     from .._protocol.reader import Event
-    from .._protocol.records import EndInputRecord, EndRecord, FatalRecord, MoreRecord
+    from .._protocol.records import (
+        EndInputRecord,
+        EndRecord,
+        FatalRecord,
+        MoreRecord,
+        StopRecord,
+    )
 
 __all__ = ["SHUTDOWN_WAIT_S", "RunnerProcess", "fatal_error", "runner_command"]
 
@@ -216,8 +222,11 @@ class RunnerProcess:
         """Stop the runner if it still runs, and make sure no task of this run survives."""
         proc = self._proc
         if proc.poll() is None:
-            # Nobody will read the rest: close stdout too, so that a runner blocked on
-            # writing to it gets EPIPE at once instead of waiting to be killed.
+            # "stop" first: we live on, so the runner leaves our directory (and its own
+            # stderr file in it) to us.  Then nobody will read the rest: close stdout too,
+            # so that a runner blocked on writing to it gets EPIPE at once.
+            stop: StopRecord = {"leanpool": "stop"}
+            self._send(encode_line(stop))
             for stream in (self._stdin, proc.stdout):
                 if stream is not None:
                     with contextlib.suppress(OSError):

@@ -15,6 +15,7 @@ Caller to runner (its stdin)::
 
     {"leanpool": "more", "offset": N}               the spool holds whole tasks up to byte N
     {"leanpool": "end_input", "offset": N}          and no task will follow byte N
+    {"leanpool": "stop"}                            stop the run; I am still here
 
 A control record is the only kind with a ``"leanpool"`` key.  A stream from the runner
 that ends without an ``end`` or ``fatal`` record was cut short: the runner died.
@@ -42,6 +43,7 @@ __all__ = [
     "ResultRecord",
     "SkippedRecord",
     "StartRecord",
+    "StopRecord",
     "decode_output",
     "encode_line",
 ]
@@ -174,6 +176,13 @@ class EndInputRecord(TypedDict):
 
     leanpool: Literal["end_input"]
     offset: int
+
+
+class StopRecord(TypedDict):
+    """Stop the run as EOF would, but the caller lives on: it keeps its own directory
+    (the runner removes ``cleanup_dir`` only for a caller that is gone)."""
+
+    leanpool: Literal["stop"]
 
 
 # -- encoding ------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ class Intake:
     Invariants: ``tasks`` counts the tasks read (``skipped`` of them already in the
     journal, never started); every other task read got the next ``seq``, from 0.  For a
     task file validated whole, ``tasks`` and ``skipped`` are the file's totals from the
-    start.  ``caller_gone`` becomes true at EOF on stdin and stays so.
+    start.  ``caller_gone`` becomes true at EOF on stdin, unless the caller asked to
+    stop first (``stop_asked``: it lives on), and stays so.
     """
 
     def __init__(self, config: InputConfig, done: set[str | int], *, unique_ids: bool) -> None:
@@ -51,6 +52,8 @@ class Intake:
         self.skipped = 0
         self.next_seq = 0
         self.caller_gone = False
+        self.stop_asked = False
+        self.closed = False
 
     # -- a whole task file -----------------------------------------------------------------
 
@@ -89,7 +92,8 @@ class Intake:
         except OSError:
             data = b""
         if not data:
-            self.caller_gone = True
+            self.caller_gone = not self.stop_asked
+            self.closed = True
             return
         lines = (self._control + data).split(b"\n")
         self._control = lines.pop()
@@ -100,6 +104,9 @@ class Intake:
         try:
             record = json.loads(line)
             kind = record["leanpool"]
+            if kind == "stop":
+                self.stop_asked = True
+                return
             offset = record["offset"]
         except (ValueError, TypeError, KeyError):
             raise ControlError(f"not a control record: {line[:200]!r}") from None

@@ -163,8 +163,9 @@ class Runner:
         if self.journal is not None:
             self.journal.close()
         self.outbox.flush(final=True)
+        # A caller that asked to stop lives on, though it closed the pipe we write to.
         caller_gone = self.intake.caller_gone or self.outbox.caller_gone
-        if caller_gone and self.config["cleanup_dir"]:
+        if caller_gone and not self.intake.stop_asked and self.config["cleanup_dir"]:
             _remove_dir(self.config["cleanup_dir"])
         return 1 if self.bad_input is not None else 0
 
@@ -422,14 +423,18 @@ class Runner:
             self._reap_exited()
 
     def _on_control(self) -> None:
-        self.intake.on_control()
-        if self.intake.caller_gone:
+        intake = self.intake
+        intake.on_control()
+        if intake.closed:
             self.epoll.unregister(0)
+        if intake.caller_gone or intake.stop_asked:
             self._caller_gone()
 
     def _caller_gone(self) -> None:
-        """Nobody will read results: stop (a run already stopped keeps its reason)."""
-        self._stop(by="caller")
+        """The caller is gone or asked to stop: stop (a run already stopped keeps its
+        reason)."""
+        if self.phase is not Phase.STOPPING or self.stopped_by is None:
+            self._stop(by="caller")
 
     def _fire_deadlines(self) -> None:
         for deadline in self.timers.due():
