@@ -123,8 +123,8 @@ MUTANTS = (
         "caller-death-ignored",
         "EOF on stdin (the caller is gone) stops the run",
         "src/leanpool/_runner/loop.py",
-        "        if self.intake.caller_gone:\n            self.epoll.unregister(0)",
-        "        if False:\n            self.epoll.unregister(0)",
+        "        if intake.caller_gone or intake.stop_asked:\n            self._caller_gone()",
+        "        if intake.stop_asked:\n            self._caller_gone()",
     ),
     Mutant(
         "cleanup-dir-kept",
@@ -158,8 +158,8 @@ MUTANTS = (
     Mutant(
         "leftovers-no-sigkill",
         "a leftover that ignores SIGTERM gets SIGKILL after the grace",
-        "src/leanpool/_runner/loop.py",
-        "        self.timers.add(grace, When.KILL_LEFTOVERS, child.pid)",
+        "src/leanpool/_runner/leftovers.py",
+        "        self._timers.add(grace, When.KILL_LEFTOVERS, pgid)",
         "        pass",
     ),
     Mutant(

@@ -41,15 +41,14 @@ def test_timers_fire_in_order_of_due_time_then_of_adding() -> None:
     assert timers.wait_s() == -1
 
 
-def test_timers_pending_and_drop_by_kind() -> None:
+def test_timers_pending_by_kind() -> None:
     timers: Timers[int] = Timers()
     timers.add(5, When.KILL_LEFTOVERS, 2)
     timers.add(1, When.KILL_LEFTOVERS, 1)
     timers.add(3, When.TERM, 9)
     assert [d.subject for d in timers.pending(When.KILL_LEFTOVERS)] == [1, 2]
-    timers.drop(When.KILL_LEFTOVERS)
-    assert len(timers) == 1
-    assert timers.pending(When.KILL_LEFTOVERS) == []
+    assert [d.subject for d in timers.pending(When.TERM)] == [9]
+    assert len(timers) == 3
 
 
 # -- schedule -------------------------------------------------------------------------------

@@ -55,7 +55,9 @@ class Task:
     """One validated task of any kind: what every kind shares.
 
     Plain slotted classes rather than dataclasses: the runner builds one per task and
-    the dataclasses module is more import than it needs.
+    the dataclasses module is more import than it needs.  Each kind's ``__init__`` sets
+    these fields itself: the runner builds two tasks per task (validation and run),
+    and a ``super().__init__`` call would be a tenth of that.
 
     Attributes:
         id: the id its result will carry.
@@ -67,23 +69,15 @@ class Task:
 
     __slots__ = ("id", "kill_leftovers", "line", "timeout")
 
+    id: str | int
+    line: int
+    timeout: float | None
+    kill_leftovers: bool | None
+
     kind: ClassVar[str]
     """The record field that names this kind of task."""
     fields: ClassVar[tuple[str, ...]]
     """Every field a record of this kind may have."""
-
-    def __init__(
-        self,
-        task_id: str | int,
-        *,
-        line: int,
-        timeout: float | None = None,
-        kill_leftovers: bool | None = None,
-    ) -> None:
-        self.id = task_id
-        self.line = line
-        self.timeout = timeout
-        self.kill_leftovers = kill_leftovers
 
 
 class CommandTask(Task):
@@ -107,8 +101,6 @@ class CommandTask(Task):
         timeout: float | None = None,
         kill_leftovers: bool | None = None,
     ) -> None:
-        # Task's fields set here rather than through super().__init__: the runner builds
-        # two of these per task (validation and run), and the call is a tenth of it.
         self.id = task_id
         self.line = line
         self.timeout = timeout

@@ -19,6 +19,7 @@ Rooms: ``main`` (one try, one fatal record), ``loop`` (epoll dispatch and the ph
 ``intake`` (control channel and spool), ``schedule`` (retries, throttling), ``timers``
 (typed deadlines), ``children`` (the interface a kind of child implements), ``kinds``
 (which kind runs which task), ``shell`` (the command kind), ``spawn`` (posix_spawn of a
-process spec), ``reaping`` (pidfds or SIGCHLD, process groups), ``results`` (outcome to
+process spec), ``reaping`` (pidfds or SIGCHLD, process groups), ``leftovers`` (groups a task left
+behind), ``results`` (outcome to
 record), ``outbox`` (journal first, ordering, non-blocking stdout).
 """

@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Final
 
 from .._errors import TaskFileError
 from .._protocol.journal import Journal
-from .._protocol.records import PROTOCOL_VERSION, RUN_TOKEN_ENV, encode_line
+from .._protocol.records import PROTOCOL_VERSION, encode_line
 from .children import Child
 from .intake import Intake
 from .kinds import CHILD_KINDS
+from .leftovers import Leftovers
 from .outbox import OUTPUT_BACKLOG, Outbox
-from .reaping import group_has_live_member, pidfds_work, reap_ready, signal_group
+from .reaping import pidfds_work, reap_ready, signal_group
 from .results import result_of, signal_name, unstarted_result
 from .schedule import Attempt, Schedule
 from .spawn import SpawnError
@@ -127,9 +128,7 @@ class Runner:
         self.outbox = Outbox(self.epoll, self.journal, ordered=config["ordered"])
         self._idle_at = -1
         self._exit_sweep_due = False
-        self.leftover_groups: set[int] = set()
-        token = os.environ.get(RUN_TOKEN_ENV)
-        self._mark = None if token is None else f"{RUN_TOKEN_ENV}={token}".encode()
+        self.leftovers = Leftovers(self.timers, self.active)
         self._skipped_sent = 0
         self._signalled = 0
         # What the Host protocol offers children.
@@ -182,7 +181,7 @@ class Runner:
                     self._send_skipped()
             wait = self.timers.wait_s()
             if not self.active and self._over():
-                if not self._leftovers_remain():
+                if not self.leftovers.remain():
                     return
                 # Only leftovers that got SIGTERM are left: look again shortly whether
                 # they obeyed, while results, signals and the caller are still served.
@@ -356,22 +355,7 @@ class Runner:
         if not keep and not child.timed_out and not child.abandoned:
             return  # left behind on purpose
         grace = INTERRUPT_GRACE_S if child.abandoned else self.options["kill_grace"]
-        signal_group(child.pid, signal.SIGTERM)
-        self.timers.add(grace, When.KILL_LEFTOVERS, child.pid)
-        self.leftover_groups.add(child.pid)
-
-    def _kill_leftovers(self, pgid: int) -> None:
-        """SIGKILL a leftover group, if it is still this run's (its id may be reused)."""
-        self.leftover_groups.discard(pgid)
-        if pgid not in self.active and group_has_live_member(pgid, self._mark):
-            signal_group(pgid, signal.SIGKILL)
-
-    def _leftovers_remain(self) -> bool:
-        """Forget the leftover groups that are gone; whether any is left."""
-        for pgid in list(self.leftover_groups):
-            if not group_has_live_member(pgid, self._mark):
-                self.leftover_groups.discard(pgid)
-        return bool(self.leftover_groups)
+        self.leftovers.found(child.pid, grace)
 
     def _reap_exited(self) -> None:
         """SIGCHLD (no pidfds): finish every task of ours that exited."""
@@ -445,8 +429,7 @@ class Runner:
                 self.schedule.retry_due(subject, stopping=self.phase is not Phase.RUNNING)
             elif what is When.KILL_LEFTOVERS:
                 assert isinstance(subject, int)
-                if subject in self.leftover_groups:
-                    self._kill_leftovers(subject)
+                self.leftovers.grace_over(subject)
             elif what is When.WATCH_EXITS:
                 self._watch_exits()
             elif what is not When.WAKE:  # WAKE only wakes the loop: _fill runs next
@@ -521,8 +504,7 @@ class Runner:
             self.stopped_by = by
         self.phase = Phase.STOPPING
         self.schedule.clear()
-        for pgid in list(self.leftover_groups):  # they had their SIGTERM already
-            self._kill_leftovers(pgid)
+        self.leftovers.kill_all()  # they had their SIGTERM already
         for child in list(self.active.values()):
             if child.abandoned:
                 continue
@@ -534,8 +516,7 @@ class Runner:
 
     def _kill_all(self) -> None:
         """Last resort on the way out: no task group outlives the runner."""
-        for pgid in list(self.leftover_groups):
-            self._kill_leftovers(pgid)
+        self.leftovers.kill_all()
         for pid in self.active:
             signal_group(pid, signal.SIGKILL)
         deadline_at = time.monotonic() + 2.0

@@ -67,11 +67,6 @@ class Outbox:
         """Bytes of results not yet taken by the caller, those held for order included."""
         return len(self._buf) - self._pos + self._held_size
 
-    @property
-    def holding(self) -> bool:
-        """Whether ordered results wait for an earlier one."""
-        return bool(self._held)
-
     def control(self, line: bytes) -> None:
         """Queue a control record, after every result queued before it."""
         self._buf += line

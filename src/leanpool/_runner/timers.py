@@ -92,8 +92,3 @@ class Timers(Generic[S]):
     def pending(self, what: When) -> list[Deadline[S]]:
         """The deadlines of one kind not yet due, earliest first."""
         return sorted(d for d in self._heap if d.what is what)
-
-    def drop(self, what: When) -> None:
-        """Forget every deadline of one kind."""
-        self._heap = [d for d in self._heap if d.what is not what]
-        heapq.heapify(self._heap)
