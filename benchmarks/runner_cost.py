@@ -38,6 +38,15 @@ def _one_run(package_dir: str, tasks: str, n: int, parallel: int) -> tuple[float
         "ordered": False,
         "cleanup_dir": None,
         "spill_dir": None,
+        # Protocol 2 with calls needs it; older runners ignore it.
+        "workers": {
+            "executable": sys.executable,
+            "path": sys.path,
+            "main_path": None,
+            "main_module": None,
+            "preload": [],
+            "report_rss": False,
+        },
     }
     argv = runner_command(config)
     argv[-2] = package_dir  # the runner of the checkout under test

@@ -9,8 +9,9 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
+from ._caller.calls import call_record, worker_config
 from ._caller.options import make_options
 from ._caller.process import RunnerProcess
 from ._caller.result import Result, RunSummary, result_from_record
@@ -85,6 +86,7 @@ class TaskRunner:
         self._spool: SpoolWriter | None = None
         self._cleanup: Callable[[], object] | None = None
         self._running = False
+        self._process: RunnerProcess | None = None
         self._skipped = 0
         self.summary: RunSummary | None = None
         """How the last run ended; None until a run has ended."""
@@ -161,6 +163,52 @@ class TaskRunner:
         assert self._spool is not None
         self._spool.append(record)
 
+    def add_call(
+        self,
+        task_id: str | int,
+        function: Callable[..., Any] | str,
+        args: Iterable[object] = (),
+        kwargs: Mapping[str, object] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Add a call of a Python function to the next run, or to the run in progress.
+
+        It runs in a warm worker process that the runner started with this
+        interpreter, ``sys.path`` and working directory (never a fork of this process);
+        its result's ``value`` is what it returned, ``error`` what it raised.
+
+        Args:
+            task_id: the id its result will carry (a string or an integer).
+            function: a module-level function (sent by reference, as pickle does;
+                functions of a script's ``__main__`` work), or a "module:function"
+                string.
+            args, kwargs: its arguments, pickled into the private spool now.
+            timeout: seconds it may run; then its worker's process group is killed
+                and a fresh worker takes the slot.
+
+        Raises:
+            TypeError: the function or an argument cannot be sent to a worker (a
+                lambda, a closure, an object that does not pickle); nothing was added.
+            LeanpoolError: the spool could not be written (disk full, ...).
+        """
+        record = call_record(task_id, function, args, kwargs, timeout)
+        if self._spool is None:
+            self._open_spool()
+        assert self._spool is not None
+        self._spool.append(record)
+
+    def cancel(self, task_id: str | int) -> None:
+        """Cancel a task of the run in progress: kill it if it runs (its result says
+        ``cancelled``), or give it a cancelled result instead of starting it.
+
+        Raises:
+            RuntimeError: no run is in progress.
+        """
+        if self._process is None:
+            raise RuntimeError("cancel() works during run(); before it, just do not add the task")
+        self._process.cancel(task_id)
+
     def _open_spool(self) -> None:
         workdir = tempfile.mkdtemp(prefix="leanpool-", dir=self._tmpdir)  # mode 0700
         # Removes the directory if this runner is dropped without running or closing.
@@ -205,11 +253,12 @@ class TaskRunner:
                 "input": {"path": spool.path, "format": "jsonl", "stream": True},
                 "ordered": ordered,
                 "cleanup_dir": workdir,
+                "workers": worker_config(),
                 "spill_dir": workdir,
             }
             self._skipped = 0
             announced = spool.flush()
-            runner = RunnerProcess(config, workdir)
+            runner = self._process = RunnerProcess(config, workdir)
             try:
                 runner.more(announced)
                 for event in runner.events():
@@ -238,6 +287,7 @@ class TaskRunner:
                 assert runner.end is not None
                 self.summary = _summary(runner.end, spool.count, runner.completed)
             finally:
+                self._process = None
                 runner.close()
         finally:
             self._spool = self._workdir = self._cleanup = None

@@ -21,6 +21,7 @@ import tempfile
 import threading
 from typing import IO, TYPE_CHECKING, Final, NoReturn
 
+from ._caller.calls import worker_config
 from ._caller.options import add_cli_options, cli_options
 from ._caller.process import RunnerProcess
 from ._errors import JournalError, LeanpoolError, TaskFileError
@@ -30,6 +31,7 @@ from ._protocol.spool import SPOOL_NAME
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._protocol.calls import WorkerConfig
     from ._protocol.config import RunnerConfig, TaskFormat
     from ._protocol.records import EndRecord
 
@@ -167,6 +169,7 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
             "input": {"path": path, "format": task_format, "stream": stream},
             "ordered": args.ordered,
             "cleanup_dir": workdir,
+            "workers": _worker_config(),
             "spill_dir": None,
         }
         runner = RunnerProcess(config, workdir, share_stderr=True)
@@ -199,6 +202,15 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
         raise AssertionError("the runner's events end with Ended or raise")  # pragma: no cover
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _worker_config() -> WorkerConfig:
+    """The workers of calls import from the working directory first, as ``python -m``
+    does: ``{"call": "mymodule:f"}`` finds ./mymodule.py."""
+    config = worker_config()
+    config["path"].insert(0, os.getcwd())
+    config["main_path"] = config["main_module"] = None  # the CLI's own main is no caller's
+    return config
 
 
 def _exit_status(end: EndRecord) -> int:

@@ -5,7 +5,7 @@
     LeanpoolError
      ├─ TaskFileError      a task line is invalid (carries the line number); nothing ran
      ├─ JournalError       the journal cannot be read, trusted or written
-     ├─ TaskFailed         raised only by Result.check()
+     ├─ TaskFailed         raised by Result.check() (and by an Executor's futures)
      └─ RunnerError        the runner broke its contract; tasks not yet reported are lost
          ├─ RunnerCrashed  the runner exited before its end record; carries returncode and stderr
          └─ ProtocolError  the runner wrote a line the caller cannot decode; carries the line
@@ -23,6 +23,7 @@ __all__ = [
     "JournalError",
     "LeanpoolError",
     "ProtocolError",
+    "RemoteTraceback",
     "RunnerCrashed",
     "RunnerError",
     "TaskFailed",
@@ -68,6 +69,18 @@ class TaskFailed(LeanpoolError):
 
     def __str__(self) -> str:
         return f"task {self.task_id!r} failed: {self.reason}"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text: set as the ``__cause__``
+    of the exception the caller sees, so that both tracebacks print."""
+
+    def __init__(self, traceback: str) -> None:
+        self.traceback = traceback
+        super().__init__(traceback)
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.traceback.rstrip()}\n"""'
 
 
 class RunnerError(LeanpoolError):

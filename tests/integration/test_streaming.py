@@ -89,7 +89,7 @@ def test_a_regular_file_is_validated_whole_and_nothing_runs(tmp_path: Path) -> N
     assert proc.stdout == b""
     assert not marker.exists()
     assert proc.stderr.decode() == (
-        "leanpool: error: invalid task on line 2: missing 'cmd': what to run\n"
+        "leanpool: error: invalid task on line 2: missing 'cmd' or 'call': what to run\n"
     )
 
 

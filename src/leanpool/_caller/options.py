@@ -46,6 +46,9 @@ class KeywordOptions(TypedDict, total=False):
     halt_now: bool
     journal: str | os.PathLike[str] | None
     resume: bool
+    preload: list[str] | tuple[str, ...]
+    max_tasks_per_worker: int | None
+    max_worker_memory: int | None
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ class OptionSpec:
 
     Attributes:
         name: its name in the API, the config and (with - for _) the CLI flag.
-        kind: ``int``, ``seconds`` (int or float), ``bool`` or ``path``.
+        kind: ``int``, ``seconds`` (int or float), ``bool``, ``path`` or ``modules``
+            (module names; on the CLI, comma-separated).
         default: its value when not given.
         help: one line for ``--help``; the README's table says more.
         minimum: the least value an ``int`` or ``seconds`` may take.
@@ -64,7 +68,7 @@ class OptionSpec:
     """
 
     name: str
-    kind: Literal["int", "seconds", "bool", "path"]
+    kind: Literal["int", "seconds", "bool", "path", "modules"]
     default: object
     help: str
     minimum: float = 0
@@ -103,6 +107,25 @@ OPTIONS: Final = (
     OptionSpec("halt_now", "bool", False, "with --halt, also kill the running tasks"),
     OptionSpec("journal", "path", None, "append each result durably to PATH", nullable=True),
     OptionSpec("resume", "bool", False, "skip the tasks the journal already holds"),
+    OptionSpec(
+        "preload", "modules", (), "import MODULES (comma-separated) in each worker as it starts"
+    ),
+    OptionSpec(
+        "max_tasks_per_worker",
+        "int",
+        None,
+        "replace a worker after N calls",
+        minimum=1,
+        nullable=True,
+    ),
+    OptionSpec(
+        "max_worker_memory",
+        "int",
+        None,
+        "replace a worker whose RSS is over BYTES after a call",
+        minimum=1,
+        nullable=True,
+    ),
 )
 """Every option, in the order ``--help`` shows them."""
 
@@ -157,6 +180,15 @@ def _check(spec: OptionSpec, value: object) -> object:
         if not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"{name} must be a path, not {type(value).__name__}")
         return os.path.abspath(os.fspath(value))
+    if spec.kind == "modules":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be a list of module names, not {type(value).__name__}")
+        for module in value:
+            if not isinstance(module, str) or not all(
+                part.isidentifier() for part in module.split(".")
+            ):
+                raise ValueError(f"{name} holds {module!r}, which is not a module name")
+        return list(value)
     integer = spec.kind == "int"
     if isinstance(value, bool) or not isinstance(value, (int if integer else (int, float))):
         kind = "an integer" if integer else "a number"
@@ -177,8 +209,8 @@ def add_cli_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, dest=spec.name, action=action, help=spec.help)
             continue
         convert = _CLI_TYPES[spec.kind]
-        metavar = {"int": "N", "seconds": "S", "path": "PATH"}[spec.kind]
-        if spec.name == "max_output":
+        metavar = {"int": "N", "seconds": "S", "path": "PATH", "modules": "MODULES"}[spec.kind]
+        if spec.name in ("max_output", "max_worker_memory"):
             metavar = "BYTES"
         elif spec.name == "output_dir":
             metavar = "DIR"
@@ -221,8 +253,13 @@ def _cli_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
 
 
+def _cli_modules(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 _CLI_TYPES: Final[dict[str, Callable[[str], object]]] = {
     "int": _cli_int,
     "seconds": _cli_seconds,
     "path": str,
+    "modules": _cli_modules,
 }

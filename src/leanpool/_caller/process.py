@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .._protocol.config import RunnerConfig
     from .._protocol.reader import Event
     from .._protocol.records import (
+        CancelRecord,
         EndInputRecord,
         EndRecord,
         FatalRecord,
@@ -162,6 +163,11 @@ class RunnerProcess:
     def end_input(self, offset: int) -> None:
         """Tell the runner no task follows offset."""
         record: EndInputRecord = {"leanpool": "end_input", "offset": offset}
+        self._send(encode_line(record))
+
+    def cancel(self, task_id: str | int) -> None:
+        """Ask the runner to cancel a task: kill it, or never start it."""
+        record: CancelRecord = {"leanpool": "cancel", "id": task_id}
         self._send(encode_line(record))
 
     def _send(self, line: bytes) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import binascii
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
-from .._errors import TaskFailed
+from .._errors import RemoteTraceback, TaskFailed
+from .calls import unpickle_value
 
 if TYPE_CHECKING:
+    from .._protocol.calls import CallError
     from .._protocol.records import ResultRecord
 
 __all__ = ["Result", "RunSummary", "result_from_record"]
@@ -31,7 +33,11 @@ class Result:
         timed_out: the task outlived its timeout and was killed.
         signal: the name of the signal that ended the task, if one did.
         attempts: how many times it ran (more than 1 with retries).
-        error: why the task could not start, if it could not.
+        error: why the task could not start (a string), or, for a call that raised or
+            whose worker died, ``{"type", "message", "traceback"}`` (the traceback as the
+            worker printed it).
+        value: a call's return value (None for a command, or a failed call).
+        cancelled: the task was cancelled (``Executor`` futures, ``cancel``).
         stdout_truncated, stderr_truncated: output beyond ``max_output`` was dropped.
         stdout_file, stderr_file: where the output went, with ``output_dir``.
         stdout_b64, stderr_b64, stdout_raw, stderr_raw: how the exact bytes arrived (base64
@@ -48,7 +54,9 @@ class Result:
     timed_out: bool = False
     signal: str | None = None
     attempts: int = 1
-    error: str | None = None
+    error: str | CallError | None = None
+    value: Any = None
+    cancelled: bool = False
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     stdout_file: str | None = None
@@ -57,6 +65,7 @@ class Result:
     stderr_b64: str | None = field(default=None, repr=False)
     stdout_raw: bytes | None = field(default=None, repr=False, compare=False)
     stderr_raw: bytes | None = field(default=None, repr=False, compare=False)
+    exception_pickle: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def stdout_bytes(self) -> bytes:
@@ -72,11 +81,21 @@ class Result:
         """Return self if the task succeeded, else raise TaskFailed.
 
         Raises:
-            TaskFailed: the task exited non-zero, was killed, timed out or did not start.
+            TaskFailed: the task exited non-zero, was killed, timed out or did not start;
+                for a call that raised, with the worker's traceback as its cause.
         """
         if self.ok:
             return self
-        if self.error is not None:
+        if isinstance(self.error, dict):
+            failure = TaskFailed(
+                self.id, self.status, f"{self.error['type']}: {self.error['message']}"
+            )
+            if self.error["traceback"]:
+                raise failure from RemoteTraceback(self.error["traceback"])
+            raise failure
+        if self.cancelled:
+            reason = "cancelled"
+        elif self.error is not None:
             reason = self.error
         elif self.timed_out:
             reason = f"timed out (ended by {self.signal or 'exit'})"
@@ -127,17 +146,36 @@ def result_from_record(record: ResultRecord) -> Result:
     try:
         stdout, stdout_raw = _output(record, "stdout")
         stderr, stderr_raw = _output(record, "stderr")
+        ok = record["ok"]
+        error = record.get("error")
+        value = record.get("value")
+        if "value_pickle" in record or "value_spill" in record:
+            try:
+                value = unpickle_value(record.get("value_pickle"), record.get("value_spill"))
+            except OSError:
+                raise
+            except Exception as exc:  # a value this caller cannot rebuild
+                ok = False
+                value = None
+                error = {
+                    "type": type(exc).__name__,
+                    "message": f"the return value cannot be unpickled here: {exc}",
+                    "traceback": "",
+                }
         return Result(
             id=record["id"],
             status=record["status"],
             stdout=stdout,
             stderr=stderr,
-            ok=record["ok"],
+            ok=ok,
             duration=record["duration"],
             timed_out=record.get("timed_out", False),
             signal=record.get("signal"),
             attempts=record.get("attempts", 1),
-            error=record.get("error"),
+            error=error,
+            value=value,
+            cancelled=record.get("cancelled", False),
+            exception_pickle=record.get("exception_pickle"),
             stdout_truncated=record.get("stdout_truncated", False),
             stderr_truncated=record.get("stderr_truncated", False),
             stdout_file=record.get("stdout_file"),

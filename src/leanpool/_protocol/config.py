@@ -8,7 +8,10 @@ lean runner imports this module.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from .calls import WorkerConfig
 
 __all__ = ["InputConfig", "Options", "RunnerConfig", "TaskFormat"]
 
@@ -35,6 +38,9 @@ class Options(TypedDict):
     halt_now: bool
     journal: str | None
     resume: bool
+    preload: list[str]
+    max_tasks_per_worker: int | None
+    max_worker_memory: int | None
 
 
 class InputConfig(TypedDict):
@@ -60,6 +66,8 @@ class RunnerConfig(TypedDict):
     """Emit results in task order rather than as tasks finish."""
     cleanup_dir: str | None
     """A private directory of the caller's, removed by the runner if the caller dies."""
+    workers: WorkerConfig
+    """The caller's interpreter and ``sys.path``, for the workers that run calls."""
     spill_dir: str | None
     """Where to put an output of ``SPILL_OVER`` bytes or more, as a raw file named in the
     result instead of inline JSON; None (the CLI) keeps every output inline."""

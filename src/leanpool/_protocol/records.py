@@ -16,6 +16,7 @@ Caller to runner (its stdin)::
     {"leanpool": "more", "offset": N}               the spool holds whole tasks up to byte N
     {"leanpool": "end_input", "offset": N}          and no task will follow byte N
     {"leanpool": "stop"}                            stop the run; I am still here
+    {"leanpool": "cancel", "id": ...}               cancel one task: kill it, or never start it
 
 A control record is the only kind with a ``"leanpool"`` key.  A stream from the runner
 that ends without an ``end`` or ``fatal`` record was cut short: the runner died.
@@ -29,11 +30,15 @@ from __future__ import annotations
 
 import binascii
 import json
-from typing import Final, Literal, TypedDict
+from typing import TYPE_CHECKING, Final, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from .calls import CallError
 
 __all__ = [
     "PROTOCOL_VERSION",
     "RUN_TOKEN_ENV",
+    "CancelRecord",
     "EndInputRecord",
     "EndRecord",
     "FatalKind",
@@ -85,12 +90,23 @@ class _ResultRequired(TypedDict):
 
 
 class ResultRecord(_ResultRequired, total=False):
-    """One finished task.  The optional fields appear only when they say something."""
+    """One finished task.  The optional fields appear only when they say something.
+
+    ``error`` is a string for a task that could not start, an object (``CallError``)
+    for a call that raised or whose worker died.  A call's return value is ``value``
+    (JSON, from a task file), ``value_pickle`` (base64) or ``value_spill`` (a file of
+    the pickle's bytes, read and removed by the caller).
+    """
 
     timed_out: bool
     signal: str
     attempts: int
-    error: str
+    error: str | CallError
+    cancelled: bool
+    value: object
+    value_pickle: str
+    value_spill: str
+    exception_pickle: str
     stdout_truncated: bool
     stderr_truncated: bool
     stdout_b64: str
@@ -140,7 +156,7 @@ class EndRecord(TypedDict):
     stopped_by: str | None
 
 
-FatalKind = Literal["task_file", "journal", "protocol", "runner"]
+FatalKind = Literal["task_file", "journal", "protocol", "runner", "worker"]
 
 
 class _FatalRequired(TypedDict):
@@ -183,6 +199,14 @@ class StopRecord(TypedDict):
     (the runner removes ``cleanup_dir`` only for a caller that is gone)."""
 
     leanpool: Literal["stop"]
+
+
+class CancelRecord(TypedDict):
+    """Cancel the task with this id: kill it if it runs (its result says ``cancelled``),
+    or give it a ``cancelled`` result without starting it."""
+
+    leanpool: Literal["cancel"]
+    id: str | int
 
 
 # -- encoding ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Task kinds: what one line of a task file may hold, and its validation.
 
 A task record is one JSON object with an ``id`` and exactly one *kind* field that says
-what to run: ``cmd`` (a shell command or an argv) today, ``call`` (a Python call) next.
+what to run: ``cmd`` (a shell command or an argv) or ``call`` (a Python function).
 Each kind has its class here, a subclass of ``Task`` carrying the fields its children
 need, and a line in ``KINDS``; the runner picks the kind of child to start from the
 task's class (``leanpool._runner.children``).
@@ -26,9 +26,11 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMON_FIELDS",
     "KINDS",
+    "CallTask",
     "CommandTask",
     "InvalidTask",
     "Task",
+    "check_function_name",
     "parse_line",
     "parse_text_line",
     "task_from_record",
@@ -113,6 +115,41 @@ class CommandTask(Task):
 
     def __repr__(self) -> str:
         return f"<CommandTask {self.id!r} line {self.line}: {self.argv!r}>"
+
+
+class CallTask(Task):
+    """A Python function called in a warm worker process: ``call`` names it
+    ("module:qualname"); its arguments are JSON (``args``, ``kwargs``: a task file) or
+    one opaque ``pickle`` payload (base64 of ``pickle.dumps((function, args, kwargs))``:
+    the library), which the runner forwards to the worker and never decodes."""
+
+    __slots__ = ("args", "function", "kwargs", "payload")
+
+    kind = "call"
+    fields = ("id", "timeout", "call", "args", "kwargs", "pickle")
+
+    def __init__(
+        self,
+        task_id: str | int,
+        function: str,
+        *,
+        line: int,
+        args: list[object] | None = None,
+        kwargs: dict[str, object] | None = None,
+        payload: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.id = task_id
+        self.line = line
+        self.timeout = timeout
+        self.kill_leftovers = None
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"<CallTask {self.id!r} line {self.line}: {self.function}>"
 
 
 def _check_id(value: object) -> str | int:
@@ -252,8 +289,63 @@ def _command_task(record: dict[str, object], line: int) -> CommandTask:
     )
 
 
+def check_function_name(value: object) -> str:
+    """A ``call`` field: "module:qualname", each part dotted identifiers.
+
+    Raises:
+        InvalidTask: it is not such a name.
+    """
+    if not isinstance(value, str):
+        raise InvalidTask(
+            f"'call' must be a string \"module:function\", not {type(value).__name__}",
+            wrong_type=True,
+        )
+    module, colon, qualname = value.partition(":")
+    if not (
+        colon
+        and all(part.isidentifier() for part in module.split("."))
+        and all(part.isidentifier() for part in qualname.split("."))
+    ):
+        raise InvalidTask(f"'call' must name a function as \"module:qualname\", not {value!r}")
+    return value
+
+
+def _call_task(record: dict[str, object], line: int) -> CallTask:
+    function = check_function_name(record["call"])
+    args = record.get("args")
+    kwargs = record.get("kwargs")
+    payload = record.get("pickle")
+    if payload is not None:
+        if not isinstance(payload, str):
+            raise InvalidTask(
+                f"'pickle' must be a base64 string, not {type(payload).__name__}", wrong_type=True
+            )
+        if args is not None or kwargs is not None:
+            raise InvalidTask("give 'args'/'kwargs' or 'pickle', not both")
+    if args is not None and not isinstance(args, list):
+        raise InvalidTask(f"'args' must be an array, not {_json_kind(args)}", wrong_type=True)
+    if kwargs is not None:
+        if not isinstance(kwargs, dict):
+            raise InvalidTask(
+                f"'kwargs' must be an object, not {_json_kind(kwargs)}", wrong_type=True
+            )
+        for key in kwargs:
+            if not key.isidentifier():
+                raise InvalidTask(f"'kwargs' has a key that is no argument name: {key!r}")
+    return CallTask(
+        _check_id(record["id"]),
+        function,
+        line=line,
+        args=args,
+        kwargs=kwargs,
+        payload=payload,
+        timeout=_check_timeout(record.get("timeout")),
+    )
+
+
 KINDS: Final[dict[str, tuple[type[Task], Callable[[dict[str, object], int], Task]]]] = {
     CommandTask.kind: (CommandTask, _command_task),
+    CallTask.kind: (CallTask, _call_task),
 }
 """Each kind of task: the field that names it, its class and the function that builds
 one from a record whose fields are known to be its own.  A new kind is one line here
@@ -285,6 +377,8 @@ def _json_kind(value: object) -> str:
         return "an array"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, dict):
+        return "an object"
     if value is None:
         return "null"
     if isinstance(value, bool):

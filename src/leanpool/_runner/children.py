@@ -22,10 +22,21 @@ if TYPE_CHECKING:
     from collections.abc import Container
 
     from .._protocol.tasks import Task
+    from .calls import WorkerPool
     from .spawn import Environ
     from .timers import When
 
-__all__ = ["Child", "ChildKind", "Host", "Outcome"]
+__all__ = ["CapturingChild", "Child", "ChildKind", "Host", "Outcome", "Watcher"]
+
+
+class Watcher(Protocol):
+    """What owns a watched descriptor: a child, or a worker process that outlives the
+    attempts it runs.  Only a ``Child`` ever becomes ``done``."""
+
+    done: bool
+
+    def on_event(self, fd: int, events: int) -> None:
+        """An event on fd."""
 
 
 class Host(Protocol):
@@ -38,16 +49,20 @@ class Host(Protocol):
     home_fd: int
     max_output: int | None
     output_dir: str | None
+    spill_dir: str | None
 
     @property
     def watched(self) -> Container[int]:
         """The descriptors being watched."""
 
-    def watch(self, fd: int, events: int, child: Child) -> None:
-        """Route events on fd to child.on_event until ``forget(fd)``."""
+    def watch(self, fd: int, events: int, owner: Watcher) -> None:
+        """Route events on fd to owner.on_event until ``forget(fd)``."""
 
     def forget(self, fd: int) -> None:
         """Stop watching fd and close it."""
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching fd; keep it open."""
 
     def watch_exit_later(self, child: Child) -> None:
         """Call ``child.watch_exit()`` if it still runs ``EXIT_WATCH_AFTER_S`` from now."""
@@ -59,6 +74,18 @@ class Host(Protocol):
         """child's main process ended and left processes in its group: they get SIGTERM,
         then SIGKILL after the grace, unless the task keeps its leftovers."""
 
+    def began(self, child: Child) -> None:
+        """child, started with ``running`` false, runs now: its timeout starts."""
+
+    def attempt_over(self, child: Child) -> None:
+        """child is done, found out of an event routed to another owner (a worker)."""
+
+    def worker_pool(self) -> WorkerPool:
+        """The run's workers, for calls (started as calls need them)."""
+
+    def worker_failed(self, message: str) -> None:
+        """A worker could not start at all: the run ends with this error."""
+
 
 class Outcome:
     """How an attempt ended, in the terms every kind shares; ``results`` makes the record.
@@ -68,9 +95,11 @@ class Outcome:
         stdout, stderr: the bytes kept (``max_output`` may have cut them).
         stdout_truncated, stderr_truncated: bytes were dropped past ``max_output``.
         stdout_file, stderr_file: where the output went instead, with ``output_dir``.
+        fields: what the kind adds to the result record (a call's ``value``, ``error``).
     """
 
     __slots__ = (
+        "fields",
         "status",
         "stderr",
         "stderr_file",
@@ -88,6 +117,7 @@ class Outcome:
         self.stderr_truncated = False
         self.stdout_file: str | None = None
         self.stderr_file: str | None = None
+        self.fields: dict[str, object] | None = None
 
 
 class Child:
@@ -106,9 +136,23 @@ class Child:
         pid: the main process, leader of its own process group.
         timed_out: the loop's timeout fired (set before it signals).
         abandoned: the run is stopping and wants no result of this attempt.
+        cancelled: the caller cancelled this task while it ran.
+        running: it runs now, so its timeout starts; a kind that must wait (a call
+            whose worker is still starting) sets it later and tells ``Host.began``.
     """
 
-    __slots__ = ("abandoned", "attempt", "done", "pid", "seq", "started", "task", "timed_out")
+    __slots__ = (
+        "abandoned",
+        "attempt",
+        "cancelled",
+        "done",
+        "pid",
+        "running",
+        "seq",
+        "started",
+        "task",
+        "timed_out",
+    )
 
     def __init__(self, task: Task, seq: int, attempt: int, pid: int) -> None:
         self.task = task
@@ -118,6 +162,8 @@ class Child:
         self.started = time.monotonic()
         self.timed_out = False
         self.abandoned = False
+        self.cancelled = False
+        self.running = True
         self.done = False
 
     def on_event(self, fd: int, events: int) -> None:
@@ -154,6 +200,60 @@ class Child:
     def __repr__(self) -> str:
         state = "done" if self.done else "running"
         return f"<{type(self).__name__} of task {self.task.id!r}, pid {self.pid}, {state}>"
+
+
+class CapturingChild(Child):
+    """A child whose stdout and stderr are collected in memory, up to ``max_output``.
+
+    Invariant: ``out_size``/``err_size`` are the bytes kept in ``out_chunks``/``err_chunks``;
+    the ``*_truncated`` flags say that bytes past ``max_output`` were dropped.
+    """
+
+    __slots__ = (
+        "err_chunks",
+        "err_size",
+        "err_truncated",
+        "host",
+        "out_chunks",
+        "out_size",
+        "out_truncated",
+    )
+
+    def __init__(self, task: Task, seq: int, attempt: int, pid: int, host: Host) -> None:
+        super().__init__(task, seq, attempt, pid)
+        self.host = host
+        self.out_chunks: list[bytes] = []
+        self.err_chunks: list[bytes] = []
+        self.out_size = 0
+        self.err_size = 0
+        self.out_truncated = False
+        self.err_truncated = False
+
+    def keep(self, is_out: bool, data: bytes) -> None:
+        """Keep data read from the child's stdout (is_out) or stderr."""
+        cap = self.host.max_output
+        if is_out:
+            if cap is not None and self.out_size + len(data) > cap:
+                data = data[: max(0, cap - self.out_size)]
+                self.out_truncated = True
+            self.out_size += len(data)
+            self.out_chunks.append(data)
+        else:
+            if cap is not None and self.err_size + len(data) > cap:
+                data = data[: max(0, cap - self.err_size)]
+                self.err_truncated = True
+            self.err_size += len(data)
+            self.err_chunks.append(data)
+
+    def captured(self, status: int) -> Outcome:
+        """An Outcome holding what was kept; the chunks move to it, so that a deadline
+        that still refers to this child does not keep its output alive."""
+        result = Outcome(status, b"".join(self.out_chunks), b"".join(self.err_chunks))
+        self.out_chunks = []
+        self.err_chunks = []
+        result.stdout_truncated = self.out_truncated
+        result.stderr_truncated = self.err_truncated
+        return result
 
 
 class ChildKind(Protocol):

@@ -1,7 +1,8 @@
 """What comes in: the caller's control records, and the tasks of the spool as it grows.
 
 The runner's stdin is the caller's channel: ``more`` and ``end_input`` records say how far
-the spool holds whole tasks, and EOF says the caller is gone.  Tasks are read one at a
+the spool holds whole tasks, ``cancel`` names a task to cancel, ``stop`` stops the run,
+and EOF says the caller is gone.  Tasks are read one at a
 time, only when a slot is free, so the runner holds no more of the input than the tasks
 it runs.  Tasks whose id the journal already holds are skipped here; with a journal, an
 id seen twice is a bad line (a result could not be matched to its task).
@@ -54,6 +55,8 @@ class Intake:
         self.caller_gone = False
         self.stop_asked = False
         self.closed = False
+        self.cancels: list[str | int] = []
+        """Ids the caller cancelled, not yet acted on by the loop."""
 
     # -- a whole task file -----------------------------------------------------------------
 
@@ -106,6 +109,12 @@ class Intake:
             kind = record["leanpool"]
             if kind == "stop":
                 self.stop_asked = True
+                return
+            if kind == "cancel":
+                task_id = record["id"]
+                if isinstance(task_id, bool) or not isinstance(task_id, (str, int)):
+                    raise TypeError
+                self.cancels.append(task_id)
                 return
             offset = record["offset"]
         except (ValueError, TypeError, KeyError):

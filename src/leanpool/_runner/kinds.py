@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from .._protocol.tasks import CommandTask
+from .._protocol.tasks import CallTask, CommandTask
+from .calls import start_call
 from .shell import start_shell
 
 if TYPE_CHECKING:
@@ -15,4 +16,5 @@ __all__ = ["CHILD_KINDS"]
 
 CHILD_KINDS: Final[dict[type[Task], ChildKind]] = {
     CommandTask: start_shell,
+    CallTask: start_call,
 }

@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Final
 from .._errors import TaskFileError
 from .._protocol.journal import Journal
 from .._protocol.records import PROTOCOL_VERSION, encode_line
+from .calls import WorkerPool
 from .children import Child
 from .intake import Intake
 from .kinds import CHILD_KINDS
 from .leftovers import Leftovers
 from .outbox import OUTPUT_BACKLOG, Outbox
 from .reaping import pidfds_work, reap_ready, signal_group
-from .results import result_of, signal_name, unstarted_result
+from .results import cancelled_result, result_of, signal_name, unstarted_result
 from .schedule import Attempt, Schedule
 from .spawn import SpawnError
 from .timers import Timers, When
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
         StartRecord,
     )
     from .._protocol.tasks import Task
+    from .children import Watcher
     from .results import Built
     from .spawn import Environ
 
@@ -90,8 +92,9 @@ class Phase(enum.Enum):
 class Runner:
     """One run: the loop and its state.
 
-    Invariants: ``active`` maps the pid of every started, unfinished child to it;
-    ``by_fd`` maps every watched descriptor to its child; a child leaves both in
+    Invariants: ``active`` maps the pid of every started, unfinished child to it (a
+    call's pid is its worker's, which runs one call at a time); ``by_fd`` maps every
+    watched descriptor to its owner (a child, or a worker); a child leaves ``active`` in
     ``_complete``, after which it holds no descriptor.  ``completed`` counts results
     delivered, ``failed`` those of them not ok.  ``halted``, ``stopped_by`` and
     ``bad_input`` are how the run ended, set once each.
@@ -105,11 +108,12 @@ class Runner:
         self.halted = False
         self.stopped_by: str | None = None
         self.bad_input: TaskFileError | None = None
+        self.worker_failure: str | None = None
         self.completed = 0
         self.failed = 0
         self.epoll = select.epoll()
         self.active: dict[int, Child] = {}
-        self.by_fd: dict[int, Child] = {}
+        self.by_fd: dict[int, Watcher] = {}
         self.timers: Timers[object] = Timers()
         self.schedule = Schedule(
             self.timers,
@@ -137,6 +141,9 @@ class Runner:
         self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.max_output = options["max_output"]
         self.output_dir = options["output_dir"]
+        self.spill_dir = config["spill_dir"]
+        self._workers: WorkerPool | None = None
+        self._cancelled: set[str | int] = set()
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -155,7 +162,7 @@ class Runner:
         finally:
             self._kill_all()
         self.outbox.release_held()
-        if self.bad_input is not None:
+        if self.bad_input is not None or self.worker_failure is not None:
             self.outbox.control(encode_line(self._fatal_record()))
         else:
             self.outbox.control(encode_line(self._end_record()))
@@ -166,7 +173,7 @@ class Runner:
         caller_gone = self.intake.caller_gone or self.outbox.caller_gone
         if caller_gone and not self.intake.stop_asked and self.config["cleanup_dir"]:
             _remove_dir(self.config["cleanup_dir"])
-        return 1 if self.bad_input is not None else 0
+        return 1 if self.bad_input is not None or self.worker_failure is not None else 0
 
     def _loop(self) -> None:
         poll = self.epoll.poll
@@ -192,11 +199,11 @@ class Runner:
                     self._caller_gone()
                     continue
             for fd, events in poll(wait):
-                child = by_fd.get(fd)
-                if child is not None:
-                    child.on_event(fd, events)
-                    if child.done:
-                        self._complete(child)
+                owner = by_fd.get(fd)
+                if owner is not None:
+                    owner.on_event(fd, events)
+                    if owner.done:  # only a Child is ever done
+                        self._complete(owner)  # type: ignore[arg-type]
                 elif fd == self.wake_r:
                     self._on_wake()
                 elif fd == 0:
@@ -263,6 +270,10 @@ class Runner:
                     return
                 task, seq = fresh
                 attempt = 1
+            if self._cancelled and task.id in self._cancelled:
+                self._cancelled.discard(task.id)
+                self._deliver(cancelled_result(task.id, attempt), seq)
+                continue
             if not self._start(task, seq, attempt):
                 return
 
@@ -284,10 +295,15 @@ class Runner:
             return False
         self.schedule.started()
         self.active[child.pid] = child
+        if child.running:
+            self._arm_timeout(child)
+        return True
+
+    def _arm_timeout(self, child: Child) -> None:
+        task = child.task
         timeout = task.timeout if task.timeout is not None else self.options["timeout"]
         if timeout is not None:
             self.timers.add(timeout, When.TERM, child)
-        return True
 
     def _raise_fd_limit(self) -> None:
         # Each running task holds up to four descriptors (three pipes, a pidfd); raise the
@@ -301,12 +317,45 @@ class Runner:
     # -- what children ask of the loop (the Host protocol) ----------------------------------
 
     @property
-    def watched(self) -> dict[int, Child]:
+    def watched(self) -> dict[int, Watcher]:
         return self.by_fd
 
-    def watch(self, fd: int, events: int, child: Child) -> None:
+    def watch(self, fd: int, events: int, owner: Watcher) -> None:
         self.epoll.register(fd, events)
-        self.by_fd[fd] = child
+        self.by_fd[fd] = owner
+
+    def unwatch(self, fd: int) -> None:
+        self.epoll.unregister(fd)
+        del self.by_fd[fd]
+
+    def began(self, child: Child) -> None:
+        if self.active.get(child.pid) is child:
+            self._arm_timeout(child)
+
+    def attempt_over(self, child: Child) -> None:
+        self._complete(child)
+
+    def worker_pool(self) -> WorkerPool:
+        if self._workers is None:
+            options = self.options
+            workers = self.config["workers"]
+            workers["preload"] = options.get("preload", [])
+            workers["report_rss"] = options.get("max_worker_memory") is not None
+            self._workers = WorkerPool(
+                self,
+                workers,
+                max_calls=options.get("max_tasks_per_worker"),
+                max_memory=options.get("max_worker_memory"),
+            )
+        return self._workers
+
+    def worker_failed(self, message: str) -> None:
+        """A worker cannot work at all (its preload failed): end the run with one error,
+        rather than start worker after worker."""
+        if self.worker_failure is None:
+            self.worker_failure = message
+            _warn("a worker could not start: starting no more tasks")
+            self._drain()
 
     def forget(self, fd: int) -> None:
         # Unregister before closing: closing our descriptor does not always remove it from
@@ -366,6 +415,8 @@ class Runner:
                 child.on_exit(status)
                 if child.done:
                     self._complete(child)
+            elif self._workers is not None:
+                self._workers.on_exit(pid, status)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -409,10 +460,23 @@ class Runner:
     def _on_control(self) -> None:
         intake = self.intake
         intake.on_control()
+        while intake.cancels:
+            self._cancel(intake.cancels.pop(0))
         if intake.closed:
             self.epoll.unregister(0)
         if intake.caller_gone or intake.stop_asked:
             self._caller_gone()
+
+    def _cancel(self, task_id: str | int) -> None:
+        """The caller cancelled a task: kill it if it runs, else never start it."""
+        for child in self.active.values():
+            if child.task.id == task_id and type(child.task.id) is type(task_id):
+                if not (child.abandoned or child.cancelled or child.done):
+                    child.cancelled = True
+                    child.signal(signal.SIGTERM)
+                    self.timers.add(INTERRUPT_GRACE_S, When.KILL, child)
+                return
+        self._cancelled.add(task_id)
 
     def _caller_gone(self) -> None:
         """The caller is gone or asked to stop: stop (a run already stopped keeps its
@@ -449,6 +513,8 @@ class Runner:
     # -- finishing -------------------------------------------------------------------------
 
     def _complete(self, child: Child) -> None:
+        if self.active.get(child.pid) is not child:
+            return  # completed already (a worker's exit told of it first)
         del self.active[child.pid]
         if child.abandoned:
             return
@@ -456,6 +522,7 @@ class Runner:
         ok = outcome.status == 0 and not child.timed_out
         if (
             not ok
+            and not child.cancelled
             and self.phase is Phase.RUNNING
             and self.schedule.retry(child.task, child.seq, child.attempt)
         ):
@@ -515,16 +582,21 @@ class Runner:
                 self._complete(child)
 
     def _kill_all(self) -> None:
-        """Last resort on the way out: no task group outlives the runner."""
+        """On the way out: no task group, and no worker, outlives the runner."""
         self.leftovers.kill_all()
         for pid in self.active:
             signal_group(pid, signal.SIGKILL)
+        workers = self._workers
+        if workers is not None:
+            workers.kill_all()  # idle workers: their work is done
         deadline_at = time.monotonic() + 2.0
-        while self.active and time.monotonic() < deadline_at:
+        while (self.active or (workers and workers.workers)) and time.monotonic() < deadline_at:
             for pid, _ in reap_ready():
                 self.active.pop(pid, None)
-            if self.active:
-                time.sleep(0.005)  # only on a failure path: children were just SIGKILLed
+                if workers is not None:
+                    workers.reaped(pid)
+            if self.active or (workers and workers.workers):
+                time.sleep(0.002)  # children were just SIGKILLed
 
     def _end_record(self) -> EndRecord:
         intake = self.intake
@@ -542,7 +614,14 @@ class Runner:
         }
 
     def _fatal_record(self) -> FatalRecord:
-        assert self.bad_input is not None
+        if self.bad_input is None:
+            assert self.worker_failure is not None
+            return {
+                "leanpool": "fatal",
+                "protocol": PROTOCOL_VERSION,
+                "error": "worker",
+                "message": f"a worker could not start: {self.worker_failure}",
+            }
         return {
             "leanpool": "fatal",
             "protocol": PROTOCOL_VERSION,

@@ -7,6 +7,7 @@ added only when they say something.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import os
 import signal
@@ -19,7 +20,14 @@ if TYPE_CHECKING:
     from .._protocol.records import ResultRecord
     from .children import Child, Outcome
 
-__all__ = ["SPILL_OVER", "Built", "result_of", "signal_name", "unstarted_result"]
+__all__ = [
+    "SPILL_OVER",
+    "Built",
+    "cancelled_result",
+    "result_of",
+    "signal_name",
+    "unstarted_result",
+]
 
 SPILL_OVER: Final = 1 << 16
 """Bytes from which an output goes to a spill file rather than into the result's JSON:
@@ -78,7 +86,37 @@ def result_of(child: Child, outcome: Outcome, spill_dir: str | None) -> Built:
             record["stderr_b64"] = err_b64
     if not ok or child.attempt > 1 or outcome.stdout_truncated or outcome.stderr_truncated:
         _add_details(record, child, outcome)
+    fields = outcome.fields
+    if fields is not None:
+        record.update(fields)  # type: ignore[typeddict-item]  # a call's value or error
+        if journal is not None:
+            journal.update(fields)  # type: ignore[typeddict-item]
+        spilled = fields.get("value_spill")
+        if isinstance(spilled, str):
+            if journal is None:
+                journal = record.copy()
+            del journal["value_spill"]
+            journal["value_pickle"] = _read_back(spilled)
     return Built(record, journal)
+
+
+def _read_back(path: str) -> str:
+    """A spilled value as base64, for the journal, which outlives spill files."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return binascii.b2a_base64(b"".join(chunks), newline=False).decode("ascii")
+
+
+def cancelled_result(task_id: str | int, attempt: int) -> Built:
+    """The result of a task cancelled before it started."""
+    built = unstarted_result(task_id, attempt, -signal.SIGTERM, "cancelled before it started")
+    built.record["cancelled"] = True
+    return built
 
 
 def unstarted_result(task_id: str | int, attempt: int, status: int, error: str) -> Built:
@@ -105,6 +143,8 @@ def _add_details(record: ResultRecord, child: Child, outcome: Outcome) -> None:
         record["stderr_truncated"] = True
     if child.timed_out:
         record["timed_out"] = True
+    if child.cancelled:
+        record["cancelled"] = True
     if outcome.status < 0:
         record["signal"] = signal_name(-outcome.status)
     if child.attempt > 1:

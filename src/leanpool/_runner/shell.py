@@ -26,14 +26,14 @@ import select
 import signal
 from typing import TYPE_CHECKING, Final
 
-from .children import Child, Outcome
+from .children import CapturingChild
 from .reaping import group_alive, open_pidfd, signal_group, try_reap
 from .spawn import ProcessSpec, SpawnError, devnull, merged_env, start_process
 from .timers import When
 
 if TYPE_CHECKING:
     from .._protocol.tasks import CommandTask, Task
-    from .children import Host
+    from .children import Host, Outcome
 
 __all__ = ["ShellChild", "output_file_name", "start_shell"]
 
@@ -148,7 +148,7 @@ def _open_outputs(paths: tuple[str, str]) -> tuple[int, int]:
         raise SpawnError(126, f"cannot open output file {exc.filename!r}: {exc.strerror}") from None
 
 
-class ShellChild(Child):
+class ShellChild(CapturingChild):
     """One attempt of a command task; see the module docstring for its life.
 
     Invariants: a descriptor field is -1 once closed (or never opened); ``status`` is
@@ -157,18 +157,11 @@ class ShellChild(Child):
     """
 
     __slots__ = (
-        "err_chunks",
         "err_fd",
-        "err_size",
-        "err_truncated",
         "exit_fd",
-        "host",
         "in_fd",
         "in_view",
-        "out_chunks",
         "out_fd",
-        "out_size",
-        "out_truncated",
         "status",
         "stderr_file",
         "stdout_file",
@@ -178,19 +171,12 @@ class ShellChild(Child):
     def __init__(
         self, task: Task, seq: int, attempt: int, pid: int, host: Host, out_fd: int, err_fd: int
     ) -> None:
-        super().__init__(task, seq, attempt, pid)
-        self.host = host
+        super().__init__(task, seq, attempt, pid, host)
         self.out_fd = out_fd
         self.err_fd = err_fd
         self.in_fd = -1
         self.exit_fd = -1
         self.in_view: memoryview | None = None
-        self.out_chunks: list[bytes] = []
-        self.err_chunks: list[bytes] = []
-        self.out_size = 0
-        self.err_size = 0
-        self.out_truncated = False
-        self.err_truncated = False
         self.stdout_file: str | None = None
         self.stderr_file: str | None = None
         self.status: int | None = None
@@ -212,7 +198,7 @@ class ShellChild(Child):
             size = BIG_PIPE if wide is not None and fd in wide else READ_CHUNK
             data = os.read(fd, size)
             if data:
-                self._keep(fd == self.out_fd, data)
+                self.keep(fd == self.out_fd, data)
                 if len(data) == READ_CHUNK and size == READ_CHUNK:
                     self._widen(fd)
                 # With EPOLLHUP no writer is left; a short read then emptied the pipe, so
@@ -239,21 +225,6 @@ class ShellChild(Child):
             if self.wide is None:
                 self.wide = set()
             self.wide.add(fd)
-
-    def _keep(self, is_out: bool, data: bytes) -> None:
-        cap = self.host.max_output
-        if is_out:
-            if cap is not None and self.out_size + len(data) > cap:
-                data = data[: max(0, cap - self.out_size)]
-                self.out_truncated = True
-            self.out_size += len(data)
-            self.out_chunks.append(data)
-        else:
-            if cap is not None and self.err_size + len(data) > cap:
-                data = data[: max(0, cap - self.err_size)]
-                self.err_truncated = True
-            self.err_size += len(data)
-            self.err_chunks.append(data)
 
     def write_stdin(self, *, registered: bool = True) -> None:
         """Feed the task's stdin as far as the pipe takes it; close it when all is in."""
@@ -352,7 +323,7 @@ class ShellChild(Child):
                     break
                 budget -= len(data)
                 if not self.abandoned:
-                    self._keep(fd == self.out_fd, data)
+                    self.keep(fd == self.out_fd, data)
         except BlockingIOError:
             pass
         self._close_output(fd)
@@ -387,14 +358,9 @@ class ShellChild(Child):
         self.watch_exit()  # no pipe is left to tell when it ends
 
     def outcome(self) -> Outcome:
-        """How it ended; the output moves to the Outcome, so that a deadline that still
-        refers to this child does not keep its output alive."""
+        """How it ended (the output moves to the Outcome)."""
         assert self.status is not None
-        result = Outcome(self.status, b"".join(self.out_chunks), b"".join(self.err_chunks))
-        self.out_chunks = []
-        self.err_chunks = []
-        result.stdout_truncated = self.out_truncated
-        result.stderr_truncated = self.err_truncated
+        result = self.captured(self.status)
         result.stdout_file = self.stdout_file
         result.stderr_file = self.stderr_file
         return result
