@@ -1,7 +1,9 @@
-"""leanpool: run very many shell tasks in parallel from a big Python program.
+"""leanpool: run very many tasks (shell commands, Python calls) in parallel from a big
+Python program.
 
 The pool runs in a separate, lean process, so the cost of starting a task does not
-depend on how much memory the caller holds.  See ``TaskRunner`` and ``run_tasks``.
+depend on how much memory the caller holds.  See ``TaskRunner``, ``run_tasks`` and
+``Executor``.
 """
 
 from ._api import TaskRunner as TaskRunner, run_tasks as run_tasks
@@ -15,8 +17,10 @@ from ._errors import (
     TaskFailed as TaskFailed,
     TaskFileError as TaskFileError,
 )
+from ._executor import Executor as Executor
 
 __all__ = [
+    "Executor",
     "JournalError",
     "LeanpoolError",
     "ProtocolError",
