@@ -36,7 +36,7 @@ from ._protocol.spool import SpoolWriter
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Generator, Iterable
 
     from typing_extensions import ParamSpec, Unpack
 
@@ -129,7 +129,7 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
-    ) -> Iterator[T]:
+    ) -> Generator[T, None, None]:
         """``fn`` over the iterables' items, in order, submitted lazily.
 
         At most ``buffersize`` calls are in flight (default: 8 per worker, at least 64);
@@ -152,7 +152,7 @@ class Executor(concurrent.futures.Executor):
             self.submit(fn, *item) for item in itertools.islice(items, ahead)
         )
 
-        def values() -> Iterator[T]:
+        def values() -> Generator[T, None, None]:
             try:
                 while window:
                     future = window.popleft()

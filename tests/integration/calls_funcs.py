@@ -1,0 +1,124 @@
+"""Module-level functions the call tests send to workers (a worker imports them by name)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KEPT: list[bytes] = []
+"""What ``grow`` keeps alive in its worker, so that the worker's RSS stays up."""
+
+
+class Unpicklable:
+    """Its instances refuse pickling: a bound method of one cannot be sent."""
+
+    def __reduce__(self) -> str:
+        raise TypeError("Unpicklable objects do not pickle")
+
+    def method(self) -> int:
+        return 1
+
+
+class CustomError(Exception):
+    """An exception type of the caller's own, rebuilt on the caller's side."""
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def echo(*args: object, **kwargs: object) -> object:
+    return [list(args), kwargs]
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def parent_cmdline() -> str:
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def talk(tag: str) -> str:
+    """Writes through every layer a call may use: Python's streams (buffered, never
+    flushed here), the raw descriptors, and C stdio (buffered, never flushed here)."""
+    print(f"py-out {tag}")
+    print(f"py-err {tag}", file=sys.stderr)
+    os.write(1, f"fd-out {tag}\n".encode())
+    libc = ctypes.CDLL(None)
+    libc.printf(b"c-out %s\n", tag.encode())
+    return tag
+
+
+def raise_custom(message: str) -> None:
+    raise CustomError(message)
+
+
+def raise_value(message: str) -> None:
+    def inner() -> None:
+        raise ValueError(message)
+
+    inner()
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def exit_now(status: int) -> None:
+    os._exit(status)
+
+
+def kill_self(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+
+
+def sleep_with_child(seconds: float, pid_file: str) -> None:
+    """Starts a child process (in the worker's group) and records both pids."""
+    child = subprocess.Popen(["sleep", "60"])
+    Path(pid_file).write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(seconds)
+
+
+def ignore_term_and_sleep(seconds: float, pid_file: str) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def grow(megabytes: int) -> int:
+    KEPT.append(b"x" * (megabytes << 20))
+    return os.getpid()
+
+
+def fail_first(counter: str) -> int:
+    """Fails on its first try, succeeds on the next (the counter file says which)."""
+    path = Path(counter)
+    tries = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(tries + 1))
+    if tries == 0:
+        raise RuntimeError("first try fails")
+    return tries + 1
+
+
+def big(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256)
+
+
+def not_json() -> object:
+    return {1, 2, 3}
+
+
+def unpicklable_value() -> object:
+    return Unpicklable()
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.05)
+    return x * x

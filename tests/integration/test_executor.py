@@ -1,0 +1,142 @@
+"""``leanpool.Executor``: a real concurrent.futures.Executor over real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from leanpool import Executor, TaskFailed
+from leanpool._errors import RemoteTraceback
+from tests.helpers import wait_for, wait_gone
+from tests.integration import calls_funcs as funcs
+
+
+def test_submit_and_map() -> None:
+    with Executor(max_workers=2) as ex:
+        assert isinstance(ex, concurrent.futures.Executor)
+        future = ex.submit(funcs.echo, 1, key="v")
+        assert future.result(timeout=30) == [[1], {"key": "v"}]
+        assert list(ex.map(funcs.square, range(20))) == [i * i for i in range(20)]
+        assert list(ex.map(funcs.echo, "ab", [1, 2, 3])) == [[["a", 1], {}], [["b", 2], {}]]
+
+
+def test_map_is_lazy_over_an_endless_iterator() -> None:
+    with Executor(max_workers=2) as ex:
+        values = ex.map(funcs.square, itertools.count(), buffersize=4)
+        assert [next(values) for _ in range(10)] == [i * i for i in range(10)]
+        values.close()  # the calls in flight are cancelled
+
+
+def test_map_timeout_raises_timeout_error() -> None:
+    with Executor(max_workers=1) as ex:
+        values = ex.map(funcs.slow_square, range(100), timeout=0.3)
+        with pytest.raises(TimeoutError):
+            list(values)
+
+
+def test_a_future_raises_the_original_exception_with_the_remote_traceback() -> None:
+    with Executor(max_workers=1) as ex:
+        future = ex.submit(funcs.raise_custom, "mine")
+        with pytest.raises(funcs.CustomError, match="mine") as info:
+            future.result(timeout=30)
+        cause = info.value.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        assert "raise CustomError(message)" in str(cause)
+
+
+def test_a_crash_fails_one_future_and_the_executor_goes_on() -> None:
+    with Executor(max_workers=2) as ex:
+        futures = [ex.submit(funcs.square, i) for i in range(10)]
+        crash = ex.submit(funcs.segfault)
+        more = [ex.submit(funcs.square, i) for i in range(10, 20)]
+        with pytest.raises(TaskFailed, match="SIGSEGV"):
+            crash.result(timeout=30)
+        assert [f.result(timeout=30) for f in futures + more] == [i * i for i in range(20)]
+        assert ex.submit(funcs.square, 3).result(timeout=30) == 9
+
+
+def test_a_call_past_its_timeout_is_killed_and_raises_timeout_error(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+    with Executor(max_workers=1, timeout=0.5) as ex:
+        future = ex.submit(funcs.sleep_with_child, 30, str(pid_file))
+        with pytest.raises(TimeoutError):
+            future.result(timeout=10)
+        assert ex.submit(funcs.square, 2).result(timeout=30) == 4
+    wait_gone(list(map(int, pid_file.read_text().split())), 2.0)
+
+
+def test_cancel_a_pending_future_and_kill_a_running_one(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+    with Executor(max_workers=1) as ex:
+        running = ex.submit(funcs.sleep_with_child, 30, str(pid_file))
+        pending = ex.submit(funcs.square, 2)
+        wait_for(pid_file.exists, 10, "the call to start")
+        assert pending.cancel()
+        assert pending.cancelled()
+        assert running.cancel()  # unlike ProcessPoolExecutor: it kills the call
+        assert running.cancelled()
+        with pytest.raises(concurrent.futures.CancelledError):
+            running.result(timeout=1)
+        wait_gone(list(map(int, pid_file.read_text().split())), 2.0)
+        assert ex.submit(funcs.square, 5).result(timeout=30) == 25
+        done = ex.submit(funcs.square, 1)
+        done.result(timeout=30)
+        assert not done.cancel()
+
+
+def test_shutdown_cancel_futures_kills_what_runs(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+    ex = Executor(max_workers=1)
+    running = ex.submit(funcs.sleep_with_child, 30, str(pid_file))
+    pending = [ex.submit(funcs.square, i) for i in range(5)]
+    wait_for(pid_file.exists, 10, "the call to start")
+    start = time.monotonic()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - start < 3
+    assert running.cancelled()
+    assert all(f.cancelled() for f in pending)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(funcs.square, 1)
+    wait_gone(list(map(int, pid_file.read_text().split())), 2.0)
+
+
+def test_shutdown_waits_for_what_was_submitted() -> None:
+    ex = Executor(max_workers=2)
+    futures = [ex.submit(funcs.slow_square, i) for i in range(6)]
+    ex.shutdown(wait=True)
+    assert all(f.done() and not f.cancelled() for f in futures)
+    assert [f.result() for f in futures] == [i * i for i in range(6)]
+
+
+def test_what_cannot_be_sent_is_a_type_error_at_submit() -> None:
+    with Executor(max_workers=1) as ex:
+        with pytest.raises(TypeError, match="lambda"):
+            ex.submit(lambda: 1)
+        assert ex.submit(funcs.square, 3).result(timeout=30) == 9
+
+
+def test_works_with_run_in_executor() -> None:
+    async def main(ex: Executor) -> list[int]:
+        loop = asyncio.get_running_loop()
+        return list(
+            await asyncio.gather(*(loop.run_in_executor(ex, funcs.square, i) for i in range(5)))
+        )
+
+    with Executor(max_workers=2) as ex:
+        assert asyncio.run(main(ex)) == [0, 1, 4, 9, 16]
+
+
+def test_an_executor_never_used_starts_nothing() -> None:
+    with Executor(max_workers=2) as ex:
+        assert ex.max_workers == 2
+
+
+def test_a_dropped_executor_ends_its_run() -> None:
+    ex = Executor(max_workers=1)
+    assert ex.submit(funcs.square, 2).result(timeout=30) == 4
+    del ex  # the leak check (conftest) proves the runner and workers are gone
