@@ -192,11 +192,19 @@ class TaskRunner:
                 lambda, a closure, an object that does not pickle); nothing was added.
             LeanpoolError: the spool could not be written (disk full, ...).
         """
-        record = call_record(task_id, function, args, kwargs, timeout)
+        record = call_record(task_id, function, args, kwargs, timeout, self._payload_path)
         if self._spool is None:
             self._open_spool()
         assert self._spool is not None
         self._spool.append(record)
+
+    def _payload_path(self) -> str:
+        """Where the big pickled arguments of the next task go: next to the spool."""
+        if self._spool is None:
+            self._open_spool()
+        assert self._spool is not None
+        assert self._workdir is not None
+        return os.path.join(self._workdir, f"call-{self._spool.count}.pickle")
 
     def cancel(self, task_id: str | int) -> None:
         """Cancel a task of the run in progress: kill it if it runs (its result says

@@ -18,7 +18,9 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import itertools
+import os
 import shutil
 import tempfile
 import threading
@@ -35,7 +37,6 @@ from ._protocol.reader import Idle, ResultEvent
 from ._protocol.spool import SpoolWriter
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Generator, Iterable
 
     from typing_extensions import ParamSpec, Unpack
@@ -218,12 +219,16 @@ class _Session:
         self._announced = 0
         self._closing = False
         self._broken: str | None = None
+        self._big: set[int] = set()
+        """Ids of calls whose arguments are in a file, removed once the call is done."""
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
         task_id = next(self._ids)
-        record = call_record(task_id, fn, args, kwargs, None)
+        record = call_record(task_id, fn, args, kwargs, None, lambda: self._payload_path(task_id))
+        if "pickle_file" in record:
+            self._big.add(task_id)
         future: Future[Any] = Future(self, task_id)
         with self._lock:
             if self._closing:
@@ -240,9 +245,18 @@ class _Session:
             self._runner.more(self._announced)
         return future
 
+    def _payload_path(self, task_id: int) -> str:
+        with self._lock:
+            return os.path.join(self._directory(), f"call-{task_id}.pickle")
+
+    def _directory(self) -> str:
+        """The run's private directory, made on first need (under the lock)."""
+        if self._workdir is None:
+            self._workdir = tempfile.mkdtemp(prefix="leanpool-", dir=self._tmpdir)
+        return self._workdir
+
     def _start(self) -> None:
-        workdir = tempfile.mkdtemp(prefix="leanpool-", dir=self._tmpdir)
-        self._workdir = workdir
+        workdir = self._directory()
         self._spool = spool = SpoolWriter(workdir)
         config: RunnerConfig = {
             "options": self.options,
@@ -273,6 +287,9 @@ class _Session:
         if first and runner is not None:
             with self._lock:
                 runner.end_input(self._announced)
+        elif runner is None and self._workdir is not None:  # no call was ever sent
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
 
@@ -315,6 +332,10 @@ class _Session:
     def _resolve(self, result: Result) -> None:
         task_id = result.id
         assert isinstance(task_id, int)
+        if task_id in self._big:
+            self._big.discard(task_id)
+            with contextlib.suppress(OSError):
+                os.unlink(self._payload_path(task_id))
         with self._lock:
             future = self.futures.pop(task_id, None)
         if future is None or future.done():

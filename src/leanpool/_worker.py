@@ -82,10 +82,14 @@ def main(argv: list[str]) -> int:
 
 def _run(request: CallRequest) -> CallReply:
     """Make one call; every failure becomes an ``error`` reply."""
-    as_pickle = "pickle" in request
+    as_pickle = "pickle" in request or "pickle_file" in request
     try:
         if as_pickle:
-            payload = binascii.a2b_base64(request["pickle"])
+            if "pickle_file" in request:
+                with open(request["pickle_file"], "rb") as f:
+                    payload = f.read()
+            else:
+                payload = binascii.a2b_base64(request["pickle"])
             function, args, kwargs = _Unpickler(io.BytesIO(payload)).load()
             if isinstance(function, str):
                 function = resolve(function)

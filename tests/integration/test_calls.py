@@ -89,6 +89,22 @@ def test_each_call_gets_exactly_what_it_printed_at_every_level() -> None:
         assert result.stderr == f"py-err {tag}\n"
 
 
+def test_hundreds_of_calls_each_keep_their_output() -> None:
+    """Regression: when the worker's reply was read before its output in one epoll
+    batch, the output was drained after the call was let go of, and dropped."""
+    runner = TaskRunner(2, max_tasks_per_worker=50)  # fresh workers now and then, too
+    for i in range(300):
+        runner.add_call(i, funcs.talk, (str(i),))
+    wrong = [
+        r.id
+        for r in runner.run()
+        if sorted(r.stdout.splitlines())
+        != sorted(f"{w} {r.id}" for w in ("py-out", "fd-out", "c-out"))
+        or r.stderr != f"py-err {r.id}\n"
+    ]
+    assert wrong == []
+
+
 @pytest.mark.parametrize(
     ("function", "message"),
     [
@@ -365,6 +381,16 @@ def test_journal_and_resume_keep_call_values(tmp_path: Path) -> None:
     assert [r.id for r in again.run()] == ["new"]
 
 
+def test_big_arguments_travel_as_files_not_lines(private_tmpdir: Path) -> None:
+    data = funcs.big(4 << 20)
+    runner = TaskRunner(2)
+    runner.add_call("big", len, (data,))
+    runner.add_call("small", len, (b"abc",))
+    spool = next(private_tmpdir.iterdir()) / "tasks.jsonl"
+    assert spool.stat().st_size < 10_000  # 4 MiB of arguments are not in the spool
+    assert {r.id: r.value for r in runner.run()} == {"big": 4 << 20, "small": 3}
+
+
 def test_cancel_kills_a_running_call_and_skips_a_waiting_one(tmp_path: Path) -> None:
     pid_file = tmp_path / "pids"
     runner = TaskRunner(1)
@@ -456,8 +482,9 @@ def test_cli_refuses_a_bad_call_line_naming_it(tmp_path: Path, line: object, rea
 
 CALL_CALLER = textwrap.dedent(
     """
-    import sys
+    import signal, sys
     from leanpool import TaskRunner
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from tests.integration.calls_funcs import sleep_with_child
     pid_dir = sys.argv[1]
     runner = TaskRunner(2)
@@ -469,7 +496,7 @@ CALL_CALLER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("victim", ["caller", "runner"])
+@pytest.mark.parametrize("victim", ["caller", "runner", "ctrl-c"])
 def test_no_worker_survives_the_death_of_caller_or_runner(tmp_path: Path, victim: str) -> None:
     caller = subprocess.Popen(
         [PY, "-c", CALL_CALLER, str(tmp_path)],
@@ -480,6 +507,8 @@ def test_no_worker_survives_the_death_of_caller_or_runner(tmp_path: Path, victim
     pids = [int(p) for f in tmp_path.glob("*.pid") for p in f.read_text().split()]
     if victim == "caller":
         caller.kill()
+    elif victim == "ctrl-c":
+        caller.send_signal(signal.SIGINT)
     else:
         runner = next(
             int(name)
@@ -492,5 +521,7 @@ def test_no_worker_survives_the_death_of_caller_or_runner(tmp_path: Path, victim
     _, err = caller.communicate(timeout=20)
     if victim == "runner":
         assert b"RunnerCrashed" in err
+    if victim == "ctrl-c":
+        assert b"KeyboardInterrupt" in err
     took = wait_gone(pids, 2.0)
     print(f"workers and their children gone {took:.3f} s after the {victim} died")

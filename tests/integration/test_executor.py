@@ -120,6 +120,20 @@ def test_what_cannot_be_sent_is_a_type_error_at_submit() -> None:
         assert ex.submit(funcs.square, 3).result(timeout=30) == 9
 
 
+def test_a_refused_first_submit_leaves_nothing_behind() -> None:
+    ex = Executor(max_workers=1)
+    with pytest.raises(TypeError):
+        ex.submit(funcs.echo, funcs.Unpicklable())
+    ex.shutdown()  # the fixtures prove no directory, runner or worker is left
+
+
+def test_big_arguments_and_values() -> None:
+    data = funcs.big(2 << 20)
+    with Executor(max_workers=2) as ex:
+        assert ex.submit(len, data).result(timeout=30) == len(data)
+        assert ex.submit(funcs.big, 3 << 20).result(timeout=30) == funcs.big(3 << 20)
+
+
 def test_works_with_run_in_executor() -> None:
     async def main(ex: Executor) -> list[int]:
         loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ import binascii
 import os
 import pickle
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import RemoteTraceback
 from .._protocol.tasks import InvalidTask, check_function_name, task_from_record
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from .._protocol.calls import CallError, WorkerConfig
 
-__all__ = ["call_record", "rebuild_exception", "unpickle_value", "worker_config"]
+__all__ = ["BIG_PAYLOAD", "call_record", "rebuild_exception", "unpickle_value", "worker_config"]
 
 
 def worker_config() -> WorkerConfig:
@@ -60,14 +60,23 @@ def function_name(function: object) -> str:
         return f"{module}:{qualname.replace('<', '_').replace('>', '_').replace('.', '_')}"
 
 
+BIG_PAYLOAD: Final = 1 << 16
+"""Bytes of pickled arguments from which they go to a file next to the spool rather than
+into the task's line (the runner's threshold for spilling outputs, for the same reason)."""
+
+
 def call_record(
     task_id: str | int,
     function: Callable[..., Any] | str,
     args: Iterable[object],
     kwargs: Mapping[str, object] | None,
     timeout: float | None,
+    payload_path: Callable[[], str],
 ) -> dict[str, object]:
     """The task record of one call, checked as the runner will check it.
+
+    Pickled arguments of ``BIG_PAYLOAD`` bytes or more are written to the file that
+    ``payload_path()`` names (in the caller's private directory), and the record names it.
 
     Raises:
         TypeError: the function cannot be sent to a worker (a lambda, a closure, a
@@ -97,13 +106,22 @@ def call_record(
     payload = _check_pickles(
         (target, args, kwargs), f"cannot send the arguments of {name} to a worker", ""
     )
-    record: dict[str, object] = {"id": task_id, "call": name, "pickle": _b64(payload)}
+    record: dict[str, object] = {"id": task_id, "call": name}
     if timeout is not None:
         record["timeout"] = timeout
+    record["pickle"] = ""  # checked with a placeholder: the payload is written last
     try:
         task_from_record(record, 0)
     except InvalidTask as exc:
         raise (TypeError if exc.wrong_type else ValueError)(exc.reason) from None
+    if len(payload) < BIG_PAYLOAD:
+        record["pickle"] = _b64(payload)
+    else:
+        del record["pickle"]
+        path = payload_path()
+        with open(path, "xb") as f:
+            f.write(payload)
+        record["pickle_file"] = path
     return record
 
 

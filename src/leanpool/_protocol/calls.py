@@ -54,12 +54,14 @@ class _RequestRequired(TypedDict):
 
 class CallRequest(_RequestRequired, total=False):
     """One call: ``call`` names the function; the arguments are JSON (``args``,
-    ``kwargs``) or one ``pickle`` of ``(function, args, kwargs)``.  ``spill``: a path
-    where a big return value goes, as raw bytes, instead of inline."""
+    ``kwargs``) or one ``pickle`` of ``(function, args, kwargs)``, inline (base64) or in
+    the caller's file ``pickle_file``.  ``spill``: a path where a big return value goes,
+    as raw bytes, instead of inline."""
 
     args: list[object]
     kwargs: dict[str, object]
     pickle: str
+    pickle_file: str
     spill: str
 
 

@@ -121,12 +121,14 @@ class CallTask(Task):
     """A Python function called in a warm worker process: ``call`` names it
     ("module:qualname"); its arguments are JSON (``args``, ``kwargs``: a task file) or
     one opaque ``pickle`` payload (base64 of ``pickle.dumps((function, args, kwargs))``:
-    the library), which the runner forwards to the worker and never decodes."""
+    the library), which the runner forwards to the worker and never decodes; a big
+    payload is a file of the caller's instead (``pickle_file``), so that it never
+    travels through one giant line."""
 
-    __slots__ = ("args", "function", "kwargs", "payload")
+    __slots__ = ("args", "function", "kwargs", "payload", "payload_file")
 
     kind = "call"
-    fields = ("id", "timeout", "call", "args", "kwargs", "pickle")
+    fields = ("id", "timeout", "call", "args", "kwargs", "pickle", "pickle_file")
 
     def __init__(
         self,
@@ -137,6 +139,7 @@ class CallTask(Task):
         args: list[object] | None = None,
         kwargs: dict[str, object] | None = None,
         payload: str | None = None,
+        payload_file: str | None = None,
         timeout: float | None = None,
     ) -> None:
         self.id = task_id
@@ -147,6 +150,7 @@ class CallTask(Task):
         self.args = args
         self.kwargs = kwargs
         self.payload = payload
+        self.payload_file = payload_file
 
     def __repr__(self) -> str:
         return f"<CallTask {self.id!r} line {self.line}: {self.function}>"
@@ -315,13 +319,20 @@ def _call_task(record: dict[str, object], line: int) -> CallTask:
     args = record.get("args")
     kwargs = record.get("kwargs")
     payload = record.get("pickle")
-    if payload is not None:
-        if not isinstance(payload, str):
+    payload_file = record.get("pickle_file")
+    for name, value in (("pickle", payload), ("pickle_file", payload_file)):
+        if value is None:
+            continue
+        if not isinstance(value, str):
             raise InvalidTask(
-                f"'pickle' must be a base64 string, not {type(payload).__name__}", wrong_type=True
+                f"'{name}' must be a string, not {type(value).__name__}", wrong_type=True
             )
         if args is not None or kwargs is not None:
-            raise InvalidTask("give 'args'/'kwargs' or 'pickle', not both")
+            raise InvalidTask(f"give 'args'/'kwargs' or '{name}', not both")
+    if payload is not None and payload_file is not None:
+        raise InvalidTask("give 'pickle' or 'pickle_file', not both")
+    assert payload is None or isinstance(payload, str)
+    assert payload_file is None or isinstance(payload_file, str)
     if args is not None and not isinstance(args, list):
         raise InvalidTask(f"'args' must be an array, not {_json_kind(args)}", wrong_type=True)
     if kwargs is not None:
@@ -339,6 +350,7 @@ def _call_task(record: dict[str, object], line: int) -> CallTask:
         args=args,
         kwargs=kwargs,
         payload=payload,
+        payload_file=payload_file,
         timeout=_check_timeout(record.get("timeout")),
     )
 

@@ -80,6 +80,8 @@ def start_call(task: Task, seq: int, attempt: int, host: Host) -> CallChild:
     request: CallRequest = {"call": call.function}
     if call.payload is not None:
         request["pickle"] = call.payload
+    elif call.payload_file is not None:
+        request["pickle_file"] = call.payload_file
     else:
         if call.args is not None:
             request["args"] = call.args
@@ -279,10 +281,10 @@ class Worker:
             return
         if child is None:
             return  # a reply to nothing: ignore it rather than break the run
-        self.child = None
         for fd in (self.out_fd, self.err_fd):  # the call's output is in the pipes by now
             if fd >= 0:
                 self._drain(fd)
+        self.child = None
         self.calls += 1
         child.replied(reply)
         if self.pool.retire_after(self, reply):
@@ -292,6 +294,11 @@ class Worker:
         host.attempt_over(child)
 
     def _read_output(self, fd: int) -> None:
+        if not self.ready and self.reply_fd >= 0:
+            # The worker writes its ready line before it reads a call, so output that
+            # follows it is the call's: act on that line first (epoll may list the
+            # output pipe before the reply pipe in one batch).
+            self._read_replies()
         try:
             data = os.read(fd, _READ)
         except BlockingIOError:
