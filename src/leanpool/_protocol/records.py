@@ -4,12 +4,12 @@
 
 Runner to caller (its stdout)::
 
-    {"leanpool": "start", "protocol": 2, ...}      once, when the runner is ready
+    {"leanpool": "start", "protocol": 3, ...}      once, when the runner is ready
     {"id": ..., "status": ..., "ok": ..., ...}      one per finished task
-    {"leanpool": "skipped", "protocol": 2, ...}     tasks the journal already held, so far
-    {"leanpool": "idle", "protocol": 2, ...}        every task announced so far is done
-    {"leanpool": "end", "protocol": 2, ...}         last line of a run that ended
-    {"leanpool": "fatal", "protocol": 2, ...}       last line of a run that was refused
+    {"leanpool": "skipped", "protocol": 3, ...}     tasks the journal already held, so far
+    {"leanpool": "idle", "protocol": 3, ...}        every task announced so far is done
+    {"leanpool": "end", "protocol": 3, ...}         last line of a run that ended
+    {"leanpool": "fatal", "protocol": 3, ...}       last line of a run that was refused
 
 Caller to runner (its stdin)::
 
@@ -53,10 +53,11 @@ __all__ = [
     "encode_line",
 ]
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 """Bumped on any change a reader of version N could misread; new optional result fields
 do not bump it (readers ignore fields they do not know).  Version 2 added streaming
-input (``more``/``end_input``, ``idle``) and task kinds."""
+input (``more``/``end_input``, ``idle``) and task kinds; version 3 the ``call`` kind,
+its workers (the ``workers`` config key, a ``worker`` fatal error) and ``cancel``."""
 
 RUN_TOKEN_ENV: Final = "LEANPOOL_RUN"
 """Environment variable that marks every process of one run (tasks and their descendants).

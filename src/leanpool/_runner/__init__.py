@@ -4,8 +4,9 @@
 
     caller (big)                          runner (lean)                       tasks
     TaskRunner.add() ──► spool.jsonl ─────► intake ─► schedule ─► kinds ─► posix_spawn ─► sh -c CMD
-    TaskRunner.run() ──► spawn runner         ▲                    (shell)   (own session each)
-                         stdin: more/end ─────┘  EOF: caller gone, stop
+    TaskRunner.run() ──► spawn runner         ▲                    │ (shell)   (own session each)
+                         stdin: more/end ─────┘                    └► calls ─► worker ─► f(*args)
+                         cancel/stop; EOF: caller gone            (fd 3: request, fd 4: reply)
     Result ◄── reader ◄─ stdout JSONL ◄── outbox ◄── results ◄── loop (epoll) ◄── pipes, pidfds
                                             └─► journal (O_APPEND, fsync'd) first
 
@@ -18,7 +19,8 @@ with the number of tasks: it holds the running tasks and one chunk of the spool.
 Rooms: ``main`` (one try, one fatal record), ``loop`` (epoll dispatch and the phase),
 ``intake`` (control channel and spool), ``schedule`` (retries, throttling), ``timers``
 (typed deadlines), ``children`` (the interface a kind of child implements), ``kinds``
-(which kind runs which task), ``shell`` (the command kind), ``spawn`` (posix_spawn of a
+(which kind runs which task), ``shell`` (the command kind), ``calls`` (the call kind
+and its worker processes), ``spawn`` (posix_spawn of a
 process spec), ``reaping`` (pidfds or SIGCHLD, process groups), ``leftovers`` (groups a task left
 behind), ``results`` (outcome to
 record), ``outbox`` (journal first, ordering, non-blocking stdout).
