@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from leanpool import Executor, TaskFailed
 from leanpool._errors import RemoteTraceback
-from tests.helpers import wait_for, wait_gone
+from tests.helpers import runner_pids, wait_for, wait_gone
 from tests.integration import calls_funcs as funcs
 
 
@@ -143,6 +145,32 @@ def test_works_with_run_in_executor() -> None:
 
     with Executor(max_workers=2) as ex:
         assert asyncio.run(main(ex)) == [0, 1, 4, 9, 16]
+
+
+def test_submits_from_many_threads() -> None:
+    with Executor(max_workers=2) as ex, concurrent.futures.ThreadPoolExecutor(4) as threads:
+        batches = threads.map(
+            lambda base: [ex.submit(funcs.square, base + i) for i in range(50)], range(0, 200, 50)
+        )
+        futures = [f for batch in batches for f in batch]
+        assert [f.result(timeout=30) for f in futures] == [i * i for i in range(200)]
+
+
+def test_a_dead_runner_breaks_the_executor_and_every_waiting_future(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+    ex = Executor(max_workers=1)
+    running = ex.submit(funcs.sleep_with_child, 30, str(pid_file))
+    waiting = ex.submit(funcs.square, 2)
+    wait_for(pid_file.exists, 10, "the call to start")
+    runner = next(p for p in runner_pids())
+    os.kill(runner, signal.SIGKILL)
+    for future in (running, waiting):
+        with pytest.raises(concurrent.futures.BrokenExecutor, match="runner"):
+            future.result(timeout=10)
+    with pytest.raises(concurrent.futures.BrokenExecutor):
+        ex.submit(funcs.square, 3)
+    ex.shutdown()
+    wait_gone(list(map(int, pid_file.read_text().split())), 2.0)  # swept: no orphan
 
 
 def test_an_executor_never_used_starts_nothing() -> None:
