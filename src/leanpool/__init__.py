@@ -6,7 +6,7 @@ depend on how much memory the caller holds.  See ``TaskRunner``, ``run_tasks`` a
 ``Executor``.
 """
 
-from ._api import TaskRunner as TaskRunner, run_tasks as run_tasks
+from ._api import TaskRunner as TaskRunner, arun_tasks as arun_tasks, run_tasks as run_tasks
 from ._caller.result import Result as Result, RunSummary as RunSummary
 from ._errors import (
     JournalError as JournalError,
@@ -31,6 +31,7 @@ __all__ = [
     "TaskFailed",
     "TaskFileError",
     "TaskRunner",
+    "arun_tasks",
     "run_tasks",
 ]
 

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import inspect
 import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, final
 
+from ._caller.aprocess import AsyncRunnerProcess
 from ._caller.calls import call_record, worker_config
 from ._caller.options import make_options
 from ._caller.process import RunnerProcess
+from ._caller.progress import Progress
 from ._caller.result import Result, RunSummary, result_from_record
 from ._errors import ProtocolError, RunnerError
-from ._protocol.reader import Idle, ResultEvent, Skipped
+from ._protocol.reader import Ended, Idle, ResultEvent, Skipped
 from ._protocol.spool import SpoolWriter
 from ._protocol.tasks import InvalidTask, task_from_record
 
@@ -25,12 +37,14 @@ if TYPE_CHECKING:
 
     from ._caller.options import KeywordOptions
     from ._protocol.config import RunnerConfig
+    from ._protocol.reader import Event
     from ._protocol.records import EndRecord
 
-__all__ = ["TaskRunner", "run_tasks"]
+__all__ = ["TaskRunner", "arun_tasks", "run_tasks"]
 
 Command = str | Sequence[str | os.PathLike[str]]
 Callback = Callable[[Result, int, int], object]
+AsyncCallback = Callable[[Result, int, int], "Awaitable[object] | object"]
 
 
 @final
@@ -224,7 +238,9 @@ class TaskRunner:
         self._workdir = workdir
         self._spool = SpoolWriter(workdir)
 
-    def run(self, *, ordered: bool = False) -> Generator[Result, None, None]:
+    def run(
+        self, *, ordered: bool = False, progress: bool = False
+    ) -> Generator[Result, None, None]:
         """Run every added task; yield each Result as its task ends.
 
         Tasks added while iterating run in this same run.  Leaving the loop early
@@ -234,6 +250,8 @@ class TaskRunner:
         Args:
             ordered: yield results in the order the tasks were added instead of as they
                 finish (a slow task then holds back the results after it).
+            progress: show a progress bar (tqdm.auto: a widget in Jupyter, text on a
+                terminal).
 
         Raises:
             TaskFileError: with a journal, two tasks share an id (the tasks before the
@@ -244,10 +262,74 @@ class TaskRunner:
         """
         if self._running:
             raise RuntimeError("this TaskRunner is already running")
-        return self._results(ordered)
+        return self._results(ordered, progress)
 
-    def _results(self, ordered: bool) -> Generator[Result, None, None]:
+    def _results(self, ordered: bool, progress: bool) -> Generator[Result, None, None]:
         # Marked running only once iterated: a run() never iterated changes nothing.
+        with self._run_state(ordered) as state:
+            if state is None:
+                return
+            runner = self._process = RunnerProcess(state.config, state.workdir)
+            try:
+                state.begin(runner, progress)
+                for event in runner.events():
+                    result = state.on_event(event, runner.completed)
+                    if result is not None:
+                        yield result
+                        state.after_result()
+                state.finish(runner)
+            finally:
+                self._process = None
+                state.close_bar()
+                runner.close()
+
+    def arun(
+        self, *, ordered: bool = False, progress: bool = False
+    ) -> AsyncGenerator[Result, None]:
+        """``run()`` for asyncio: ``async for result in runner.arun(): ...``.
+
+        The runner's records are read through the event loop, which leanpool never
+        blocks for more than a few milliseconds.  Cancelling the task that iterates
+        (``asyncio.timeout``, ``wait_for``, a failing ``TaskGroup``) stops the run: every
+        task group gets SIGTERM, then SIGKILL after 0.5 s, the runner exits, the spool
+        is removed, and the ``CancelledError`` goes on.  Leaving the loop early does the
+        same once the generator is closed: at once with
+        ``async with contextlib.aclosing(runner.arun()) as results:``, else when the
+        event loop finalizes the dropped generator (soon, but in another task).
+
+        Args and Raises: as ``run()``.
+        """
+        if self._running:
+            raise RuntimeError("this TaskRunner is already running")
+        return self._aresults(ordered, progress)
+
+    async def _aresults(self, ordered: bool, progress: bool) -> AsyncGenerator[Result, None]:
+        with self._run_state(ordered) as state:
+            if state is None:
+                return
+            runner = AsyncRunnerProcess(state.config, state.workdir)
+            self._process = runner
+            try:
+                state.begin(runner, progress)
+                while True:
+                    event = await runner.next_event()
+                    if isinstance(event, Ended):
+                        break
+                    result = state.on_event(event, runner.completed)
+                    if result is not None:
+                        yield result
+                        state.after_result()
+                state.finish(runner)
+            finally:
+                self._process = None
+                state.close_bar()
+                await runner.aclose()
+
+    @contextlib.contextmanager
+    def _run_state(self, ordered: bool) -> Iterator[_RunState | None]:
+        """Take the tasks added so far for one run; give the runner back empty after.
+
+        Yields None when no task was added (the run is over at once)."""
         if self._running:
             raise RuntimeError("this TaskRunner is already running")
         self._running = True
@@ -255,6 +337,7 @@ class TaskRunner:
         try:
             if spool is None or workdir is None:
                 self.summary = RunSummary(0, 0, 0, 0, 0, halted=False)
+                yield None
                 return
             config: RunnerConfig = {
                 "options": self._options,
@@ -264,39 +347,8 @@ class TaskRunner:
                 "workers": worker_config(),
                 "spill_dir": workdir,
             }
-            self._skipped = 0
-            announced = spool.flush()
-            runner = self._process = RunnerProcess(config, workdir)
-            try:
-                runner.more(announced)
-                for event in runner.events():
-                    if isinstance(event, ResultEvent):
-                        try:
-                            result = result_from_record(event.record)
-                        except ValueError as exc:
-                            raise ProtocolError(
-                                event.line, str(exc), completed=runner.completed
-                            ) from None
-                        yield result
-                        if spool.offset != announced:  # the loop body added tasks
-                            announced = spool.flush()
-                            runner.more(announced)
-                    elif isinstance(event, Idle) and event.offset == announced:
-                        # Everything announced is done, and the caller is here, not in
-                        # its loop body: nothing more can come, unless it was added
-                        # meanwhile (from another thread).
-                        if spool.offset == announced:
-                            runner.end_input(announced)
-                        else:
-                            announced = spool.flush()
-                            runner.more(announced)
-                    elif isinstance(event, Skipped):
-                        self._skipped = event.count
-                assert runner.end is not None
-                self.summary = _summary(runner.end, spool.count, runner.completed)
-            finally:
-                self._process = None
-                runner.close()
+            state = _RunState(self, spool, workdir, config)
+            yield state
         finally:
             self._spool = self._workdir = self._cleanup = None
             if spool is not None:
@@ -306,7 +358,7 @@ class TaskRunner:
             self._running = False
 
     def run_and_wait(
-        self, callback: Callback | None = None, *, ordered: bool = False
+        self, callback: Callback | None = None, *, ordered: bool = False, progress: bool = False
     ) -> RunSummary:
         """Run every added task and wait for the end: the original's interface.
 
@@ -317,15 +369,37 @@ class TaskRunner:
                 held).  It may ``add()`` tasks to the run.  An exception it raises stops
                 the run (tasks are killed) and propagates.
             ordered: call back in the order the tasks were added.
+            progress: show a progress bar.
 
         Returns:
             How the run ended.
         """
-        results = self.run(ordered=ordered)
+        results = self.run(ordered=ordered, progress=progress)
         with contextlib.closing(results):
             for completed, result in enumerate(results, 1):
                 if callback is not None:
                     callback(result, completed, len(self) - self._skipped)
+        assert self.summary is not None
+        return self.summary
+
+    async def arun_and_wait(
+        self,
+        callback: AsyncCallback | None = None,
+        *,
+        ordered: bool = False,
+        progress: bool = False,
+    ) -> RunSummary:
+        """``run_and_wait()`` for asyncio; ``callback`` may be a plain function or a
+        coroutine function (it is awaited)."""
+        results = self.arun(ordered=ordered, progress=progress)
+        async with contextlib.aclosing(results):
+            completed = 0
+            async for result in results:
+                completed += 1
+                if callback is not None:
+                    outcome = callback(result, completed, len(self) - self._skipped)
+                    if inspect.isawaitable(outcome):
+                        await outcome
         assert self.summary is not None
         return self.summary
 
@@ -348,6 +422,79 @@ class TaskRunner:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _RunState:
+    """What ``run()`` and ``arun()`` share once they have a runner: telling it how far
+    the spool holds tasks, turning events into Results, the bar, the summary.
+
+    ``announced`` is the spool offset the runner was last told of.  After a result, the
+    loop body may have added tasks: they are announced (``more``).  At ``idle`` for the
+    latest offset, the caller is here, not in its loop body, so no task can come: input
+    ends, unless one was added meanwhile (from another thread).
+    """
+
+    def __init__(
+        self, owner: TaskRunner, spool: SpoolWriter, workdir: str, config: RunnerConfig
+    ) -> None:
+        self.owner = owner
+        self.spool = spool
+        self.workdir = workdir
+        self.config = config
+        self.announced = 0
+        self.runner: RunnerProcess | None = None
+        self.bar: Progress | None = None
+
+    def begin(self, runner: RunnerProcess, progress: bool) -> None:
+        self.runner = runner
+        self.owner._skipped = 0
+        if progress:
+            self.bar = Progress(total=self.spool.count)
+        self.announced = self.spool.flush()
+        runner.more(self.announced)
+
+    def on_event(self, event: Event, completed: int) -> Result | None:
+        """The Result an event carries, if any; acts on the others."""
+        runner = self.runner
+        assert runner is not None
+        if isinstance(event, ResultEvent):
+            try:
+                result = result_from_record(event.record)
+            except ValueError as exc:
+                raise ProtocolError(event.line, str(exc), completed=completed) from None
+            if self.bar is not None:
+                self.bar.advance(ok=result.ok)
+            return result
+        if isinstance(event, Idle) and event.offset == self.announced:
+            if self.spool.offset == self.announced:
+                runner.end_input(self.announced)
+            else:
+                self._announce()
+        elif isinstance(event, Skipped):
+            self.owner._skipped = event.count
+            if self.bar is not None:
+                self.bar.started(event)
+                self.bar.set_total(self.spool.count - event.count)
+        return None
+
+    def after_result(self) -> None:
+        if self.spool.offset != self.announced:  # the loop body added tasks
+            self._announce()
+
+    def _announce(self) -> None:
+        assert self.runner is not None
+        self.announced = self.spool.flush()
+        self.runner.more(self.announced)
+        if self.bar is not None:
+            self.bar.set_total(self.spool.count - self.owner._skipped)
+
+    def finish(self, runner: RunnerProcess) -> None:
+        assert runner.end is not None
+        self.owner.summary = _summary(runner.end, self.spool.count, runner.completed)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _command(cmd: object) -> str | list[str]:
@@ -414,6 +561,34 @@ def run_tasks(
             not a string or a list of strings.
         TaskFailed: with ``check``, some command did not succeed.
     """
+    results = list(_filled(commands, parallel, timeout).run(ordered=True))
+    if check:
+        for result in results:
+            result.check()
+    return results
+
+
+async def arun_tasks(
+    commands: Iterable[Command],
+    *,
+    parallel: int | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+) -> list[Result]:
+    """``run_tasks()`` for asyncio: the Results in order, the event loop never blocked.
+
+    Raises: as ``run_tasks()``; cancelling it kills the commands still running.
+    """
+    runner = _filled(commands, parallel, timeout)
+    async with contextlib.aclosing(runner.arun(ordered=True)) as ordered_results:
+        results = [result async for result in ordered_results]
+    if check:
+        for result in results:
+            result.check()
+    return results
+
+
+def _filled(commands: Iterable[Command], parallel: int | None, timeout: float | None) -> TaskRunner:
     if isinstance(commands, (str, bytes, bytearray, memoryview)):
         raise TypeError(
             f"commands must be a list of commands, not a single {type(commands).__name__}; "
@@ -422,8 +597,4 @@ def run_tasks(
     runner = TaskRunner(parallel, timeout=timeout)
     for index, command in enumerate(commands):
         runner.add(index, command)
-    results = list(runner.run(ordered=True))
-    if check:
-        for result in results:
-            result.check()
-    return results
+    return runner

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Final, NoReturn
 from ._caller.calls import worker_config
 from ._caller.options import add_cli_options, cli_options
 from ._caller.process import RunnerProcess
+from ._caller.progress import Progress
 from ._errors import JournalError, LeanpoolError, TaskFileError
 from ._protocol.reader import Ended, ResultEvent, Skipped, Started
 from ._protocol.spool import SPOOL_NAME
@@ -179,7 +180,7 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
             feeder.start()
         else:
             source.close()
-        bar = _Progress() if show_progress else None
+        bar = Progress(terminal=True) if show_progress else None
         try:
             for event in runner.events():
                 if isinstance(event, ResultEvent):
@@ -220,35 +221,6 @@ def _exit_status(end: EndRecord) -> int:
     if end["halted"]:
         _say(f"halted after {end['failed']} failed task(s)")
     return EXIT_OK if not end["failed"] and not end["unfinished"] else EXIT_FAILED
-
-
-class _Progress:
-    """A tqdm bar on stderr: tasks done, rate and ETA, and the failures so far."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm  # only when a bar is shown: keeps plain runs quick to start
-
-        self._bar = tqdm(total=None, unit="task", file=sys.stderr, dynamic_ncols=True)
-        self._failed = 0
-
-    def started(self, event: Started | Skipped) -> None:
-        if isinstance(event, Started):
-            if event.total is not None:
-                self._bar.reset(total=event.total - (event.skipped or 0))
-            skipped = event.skipped or 0
-        else:
-            skipped = event.count
-        if skipped:
-            self._bar.set_description(f"resumed, {skipped} done before")
-
-    def advance(self, *, ok: bool) -> None:
-        if not ok:
-            self._failed += 1
-            self._bar.set_postfix(failed=self._failed, refresh=False)
-        self._bar.update()
-
-    def close(self) -> None:
-        self._bar.close()
 
 
 def _say(message: str) -> None:

@@ -228,19 +228,28 @@ class RunnerProcess:
         """Stop the runner if it still runs, and make sure no task of this run survives."""
         proc = self._proc
         if proc.poll() is None:
-            # "stop" first: we live on, so the runner leaves our directory (and its own
-            # stderr file in it) to us.  Then nobody will read the rest: close stdout too,
-            # so that a runner blocked on writing to it gets EPIPE at once.
-            stop: StopRecord = {"leanpool": "stop"}
-            self._send(encode_line(stop))
-            for stream in (self._stdin, proc.stdout):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()  # stdin's EOF: the runner stops
+            self._ask_to_stop()
             if self._wait(SHUTDOWN_WAIT_S) is None:
                 proc.kill()
                 proc.wait()
                 sweep_run(self.token)
+        self._release()
+
+    def _ask_to_stop(self) -> None:
+        # "stop" first: we live on, so the runner leaves our directory (and its own
+        # stderr file in it) to us.  Then nobody will read the rest: close stdout too,
+        # so that a runner blocked on writing to it gets EPIPE at once.
+        stop: StopRecord = {"leanpool": "stop"}
+        self._send(encode_line(stop))
+        for stream in (self._stdin, self._proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()  # stdin's EOF: the runner stops
+
+    def _release(self) -> None:
+        """The runner has exited (or been killed): close our ends, reap it, log its
+        stderr."""
+        proc = self._proc
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):
