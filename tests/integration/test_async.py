@@ -1,0 +1,434 @@
+"""asyncio: the same runner from async code, cancellation that kills, a loop never blocked.
+
+Every test runs its coroutine with ``asyncio.run`` (and the loop-agnostic ones under
+uvloop and anyio too); tasks record their pids, and each test proves under a deadline
+that none survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+import leanpool
+from leanpool import Result, RunnerCrashed, TaskFailed, TaskRunner
+from tests.helpers import PY, runner_pids, wait_for, wait_gone
+from tests.integration import calls_funcs as funcs
+
+T = TypeVar("T")
+
+
+def pids_in(directory: Path) -> list[int]:
+    return [int(p) for f in directory.glob("*.pid") for p in f.read_text().split()]
+
+
+def sleeper(pid_dir: Path, name: str, prelude: str = "") -> str:
+    return f"{prelude} sleep 60 & echo $$ $! > {pid_dir}/{name}.pid; wait"
+
+
+def run_on(loop_kind: str, main: Callable[[], Awaitable[T]]) -> T:
+    """Run main() on asyncio, uvloop or anyio (asyncio backend)."""
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.run(main())  # type: ignore[no-any-return]
+    if loop_kind == "anyio":
+        anyio = pytest.importorskip("anyio")
+        return anyio.run(main, backend="asyncio")  # type: ignore[no-any-return]
+    return asyncio.run(main())  # type: ignore[arg-type]
+
+
+LOOPS = ["asyncio", "uvloop", "anyio"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warm_uvloop() -> None:
+    """uvloop's first loop opens a pipe it keeps for the process's life: open it before
+    the leak check takes its snapshot of our descriptors."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.run(asyncio.sleep(0))
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_arun_yields_every_result_and_takes_tasks_added_while_running(loop_kind: str) -> None:
+    async def main() -> tuple[list[object], leanpool.RunSummary | None]:
+        runner = TaskRunner(4)
+        runner.add("1", "echo 11 12")
+        seen: list[object] = []
+        async for result in runner.arun():
+            seen.append(result.id)
+            if len(str(result.id)) < 3:
+                for link in result.stdout.split():
+                    runner.add(link, f"echo {link}1 {link}2")
+        return seen, runner.summary
+
+    seen, summary = run_on(loop_kind, main)
+    assert sorted(map(str, seen)) == sorted(["1", "11", "12", "111", "112", "121", "122"])
+    assert summary is not None
+    assert summary.completed == 7
+
+
+def test_arun_ordered_and_calls() -> None:
+    async def main() -> list[object]:
+        runner = TaskRunner(4)
+        for i in range(10):
+            runner.add(f"sh{i}", f"sleep 0.0{9 - i}; echo {i}")
+            runner.add_call(f"py{i}", funcs.square, (i,))
+        return [
+            (r.id, r.stdout if r.value is None else r.value)
+            async for r in runner.arun(ordered=True)
+        ]
+
+    got = asyncio.run(main())
+    want: list[object] = []
+    for i in range(10):
+        want += [(f"sh{i}", f"{i}\n"), (f"py{i}", i * i)]
+    assert got == want
+
+
+def test_arun_tasks_and_its_check() -> None:
+    results = asyncio.run(leanpool.arun_tasks(["echo a", ["printf", "b"], "exit 3"]))
+    assert [r.stdout for r in results] == ["a\n", "b", ""]
+    assert [r.status for r in results] == [0, 0, 3]
+    with pytest.raises(TaskFailed):
+        asyncio.run(leanpool.arun_tasks(["true", "false"], check=True))
+    with pytest.raises(TypeError, match="single str"):
+        asyncio.run(leanpool.arun_tasks("ls"))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_arun_and_wait_takes_a_sync_or_async_callback(kind: str) -> None:
+    seen: list[tuple[object, int, int]] = []
+
+    def sync_callback(result: Result, completed: int, total: int) -> None:
+        seen.append((result.id, completed, total))
+
+    async def async_callback(result: Result, completed: int, total: int) -> None:
+        await asyncio.sleep(0)
+        seen.append((result.id, completed, total))
+
+    async def main() -> leanpool.RunSummary:
+        runner = TaskRunner(2)
+        for i in range(5):
+            runner.add(i, "true")
+        return await runner.arun_and_wait(sync_callback if kind == "sync" else async_callback)
+
+    summary = asyncio.run(main())
+    assert summary.completed == 5
+    assert [c for _, c, _ in seen] == [1, 2, 3, 4, 5]
+    assert {t for _, _, t in seen} == {5}
+
+
+def test_a_result_line_far_over_64_kib_arrives_whole() -> None:
+    """A control character escapes to six bytes: 60 KiB of them is a 360 KiB line, far
+    over StreamReader's default limit, and under the spill threshold."""
+
+    async def main() -> Result:
+        runner = TaskRunner(1)
+        runner.add("big", ["head", "-c", str(60 << 10), "/dev/zero"])
+        (result,) = [r async for r in runner.arun()]
+        return result
+
+    result = asyncio.run(main())
+    assert result.stdout == "\0" * (60 << 10)
+
+
+def test_the_loop_is_never_blocked_for_long() -> None:
+    """A heartbeat every millisecond keeps beating through a run: no gap comes near the
+    run's length, as it would with a plain run() in the loop (the benchmark measures the
+    real numbers)."""
+
+    async def main() -> tuple[float, float]:
+        gaps: list[float] = []
+
+        async def beat() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        heart = asyncio.create_task(beat())
+        runner = TaskRunner(8)
+        for i in range(1000):
+            runner.add(i, f"echo {i}")
+        start = time.perf_counter()
+        count = len([r async for r in runner.arun()])
+        took = time.perf_counter() - start
+        heart.cancel()
+        assert count == 1000
+        return max(gaps), took
+
+    worst, took = asyncio.run(main())
+    print(f"worst heartbeat gap {worst * 1000:.1f} ms over a {took * 1000:.0f} ms run")
+    assert worst < took / 4
+
+
+# -- cancellation kills ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("when", ["before-first-result", "mid-run"])
+def test_cancelling_the_iterating_task_kills_everything(
+    tmp_path: Path, loop_kind: str, when: str
+) -> None:
+    async def main() -> float:
+        runner = TaskRunner(4)
+        if when == "mid-run":
+            runner.add("quick", "true")
+        for i in range(3):
+            runner.add(i, sleeper(tmp_path, str(i)))
+
+        async def consume() -> None:
+            async for _ in runner.arun():
+                pass
+
+        task = asyncio.ensure_future(consume())
+        while len(pids_in(tmp_path)) < 6:
+            await asyncio.sleep(0.01)
+        start = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - start
+
+    took = run_on(loop_kind, main)
+    gone = wait_gone(pids_in(tmp_path), 2.0)
+    print(f"cancel returned after {took:.3f} s; everything gone {gone:.3f} s later")
+    assert took < 1.5
+
+
+@pytest.mark.parametrize("how", ["timeout", "wait_for", "taskgroup"])
+def test_timeouts_and_failing_task_groups_cancel_and_kill(tmp_path: Path, how: str) -> None:
+    async def consume() -> None:
+        runner = TaskRunner(2)
+        runner.add(1, sleeper(tmp_path, "a"))
+        runner.add(2, sleeper(tmp_path, "b"))
+        async for _ in runner.arun():
+            pass
+
+    async def fail_soon() -> None:
+        while len(pids_in(tmp_path)) < 4:
+            await asyncio.sleep(0.01)
+        raise ValueError("a sibling failed")
+
+    async def main() -> None:
+        if how == "timeout":
+            async with asyncio.timeout(1.0):
+                await consume()
+        elif how == "wait_for":
+            await asyncio.wait_for(consume(), 1.0)
+        else:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(consume())
+                group.create_task(fail_soon())
+
+    if sys.version_info < (3, 11):
+        pytest.skip("asyncio.timeout and TaskGroup are Python 3.11+")
+    expected = builtins.ExceptionGroup if how == "taskgroup" else TimeoutError
+    with pytest.raises(expected):
+        asyncio.run(main())
+    assert pids_in(tmp_path)
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+def test_a_second_cancel_during_cleanup_kills_at_once(tmp_path: Path) -> None:
+    """Tasks that ignore SIGTERM make the cleanup wait for the grace; cancelled again
+    meanwhile, it waits no more: the runner is SIGKILLed and the run swept."""
+
+    async def main() -> float:
+        runner = TaskRunner(2)
+        for i in range(2):
+            runner.add(i, sleeper(tmp_path, str(i), prelude="trap '' TERM;"))
+
+        async def consume() -> None:
+            async for _ in runner.arun():
+                pass
+
+        task = asyncio.ensure_future(consume())
+        while len(pids_in(tmp_path)) < 4:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.1)  # the cleanup is waiting for the runner now
+        start = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - start
+
+    took = asyncio.run(main())
+    assert took < 0.5
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+def test_leaving_early_with_aclosing_cleans_up_at_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = TaskRunner(2)
+        runner.add("quick", "true")
+        runner.add("slow", sleeper(tmp_path, "slow"))
+        async with contextlib.aclosing(runner.arun()) as results:
+            async for _ in results:
+                while not pids_in(tmp_path):
+                    await asyncio.sleep(0.01)
+                break
+        assert not runner_pids()  # the runner is gone when the block ends
+
+    asyncio.run(main())
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+def test_leaving_early_without_closing_cleans_up_soon(tmp_path: Path) -> None:
+    """A dropped async generator is closed by the event loop's finalizer hook: the
+    cleanup runs in a task of its own a moment later."""
+
+    async def main() -> None:
+        runner = TaskRunner(2)
+        runner.add("quick", "true")
+        runner.add("slow", sleeper(tmp_path, "slow"))
+        async for _ in runner.arun():
+            while not pids_in(tmp_path):
+                await asyncio.sleep(0.01)
+            break
+        gc.collect()
+        for _ in range(200):
+            if not runner_pids():
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+def test_an_exception_in_the_loop_body_kills_and_propagates(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = TaskRunner(2)
+        runner.add("quick", "true")
+        runner.add("slow", sleeper(tmp_path, "slow"))
+        async with contextlib.aclosing(runner.arun()) as results:
+            async for _ in results:
+                while not pids_in(tmp_path):
+                    await asyncio.sleep(0.01)
+                raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        asyncio.run(main())
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+# -- deaths ----------------------------------------------------------------------------
+
+
+def test_a_killed_runner_raises_runner_crashed_without_a_hang(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = TaskRunner(2)
+        runner.add(1, sleeper(tmp_path, "a"))
+        async for _ in runner.arun():
+            pass
+
+    async def kill_runner_soon() -> None:
+        while len(pids_in(tmp_path)) < 2:
+            await asyncio.sleep(0.01)
+        os.kill(runner_pids()[0], signal.SIGKILL)
+
+    async def both() -> None:
+        killer = asyncio.create_task(kill_runner_soon())
+        try:
+            await main()
+        finally:
+            await killer
+
+    with pytest.raises(RunnerCrashed, match="SIGKILL"):
+        asyncio.run(both())
+    wait_gone(pids_in(tmp_path), 2.0)
+
+
+ASYNC_CALLER = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    from leanpool import TaskRunner
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pid_dir = sys.argv[1]
+
+    async def main():
+        runner = TaskRunner(2)
+        for i in range(2):
+            runner.add(i, f"sleep 60 & echo $$ $! > {pid_dir}/{i}.pid; wait")
+        async for _ in runner.arun():
+            pass
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+        sys.exit(42)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_ctrl_c_or_a_killed_async_caller_leaves_nothing(tmp_path: Path, sig: int) -> None:
+    caller = subprocess.Popen([PY, "-c", ASYNC_CALLER, str(tmp_path)], stdout=subprocess.PIPE)
+    wait_for(lambda: len(pids_in(tmp_path)) == 4, 20, "the tasks to start")
+    start = time.monotonic()
+    caller.send_signal(sig)
+    out, _ = caller.communicate(timeout=10)
+    if sig == signal.SIGINT:
+        assert caller.returncode == 42
+        assert out == b"KeyboardInterrupt\n"
+        assert time.monotonic() - start < 2
+    took = wait_gone(pids_in(tmp_path), 2.0)
+    print(f"everything gone {took:.3f} s after {signal.Signals(sig).name}")
+
+
+def test_progress_bars_show_in_run_and_arun(capfd: pytest.CaptureFixture[str]) -> None:
+    runner = TaskRunner(2)
+    for i in range(5):
+        runner.add(i, "true")
+    list(runner.run(progress=True))
+    err = capfd.readouterr().err
+    assert "5/5" in err
+
+    async def main() -> None:
+        runner = TaskRunner(2)
+        for i in range(3):
+            runner.add(i, "false")
+        [r async for r in runner.arun(progress=True)]
+
+    asyncio.run(main())
+    err = capfd.readouterr().err
+    assert "3/3" in err
+    assert "failed=3" in err
+
+
+def test_results_of_async_and_sync_runs_agree() -> None:
+    def build() -> TaskRunner:
+        runner = TaskRunner(3)
+        for i in range(30):
+            runner.add(i, f"printf %s {i}; exit $(({i} % 3))")
+        return runner
+
+    sync = [json.dumps([r.id, r.stdout, r.status]) for r in build().run(ordered=True)]
+
+    async def main() -> list[str]:
+        return [json.dumps([r.id, r.stdout, r.status]) async for r in build().arun(ordered=True)]
+
+    assert asyncio.run(main()) == sync
