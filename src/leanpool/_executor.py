@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import collections.abc
 import concurrent.futures
 import contextlib
 import itertools
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from ._caller.calls import call_record, rebuild_exception, worker_config
 from ._caller.options import make_options
 from ._caller.process import RunnerProcess
+from ._caller.progress import Progress
 from ._caller.result import result_from_record
 from ._errors import TaskFailed
 from ._protocol.reader import Idle, ResultEvent
@@ -130,6 +132,7 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: bool = False,
     ) -> Generator[T, None, None]:
         """``fn`` over the iterables' items, in order, submitted lazily.
 
@@ -142,12 +145,19 @@ class Executor(concurrent.futures.Executor):
             timeout: seconds from this call until each value must be ready, else
                 ``TimeoutError`` (as ``concurrent.futures``).
             chunksize: accepted for compatibility; each item is its own call.
+            progress: show a progress bar (tqdm.auto), with a total when the
+                iterables have a length.
         """
         del chunksize  # each item is a call: the runner's per-call cost is small
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be at least 1")
         ahead = buffersize or max(64, _MAP_AHEAD_PER_WORKER * self.max_workers)
         deadline_at = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        if progress:
+            sizes = [len(i) for i in iterables if isinstance(i, collections.abc.Sized)]
+            total = min(sizes) if len(sizes) == len(iterables) and sizes else None
+            bar = Progress(total=total)
         items = zip(*iterables)  # noqa: B905  # as map(): the shortest iterable ends it
         window: collections.deque[Future[T]] = collections.deque(
             self.submit(fn, *item) for item in itertools.islice(items, ahead)
@@ -158,13 +168,19 @@ class Executor(concurrent.futures.Executor):
                 while window:
                     future = window.popleft()
                     remaining = None if deadline_at is None else deadline_at - time.monotonic()
-                    value = future.result(remaining)
+                    try:
+                        value = future.result(remaining)
+                    finally:
+                        if bar is not None and future.done():
+                            bar.advance(ok=not future.cancelled() and future.exception() is None)
                     for item in itertools.islice(items, 1):
                         window.append(self.submit(fn, *item))
                     yield value
             finally:
                 for future in window:
                     future.cancel()
+                if bar is not None:
+                    bar.close()
 
         return values()
 

@@ -418,6 +418,10 @@ def test_progress_bars_show_in_run_and_arun(capfd: pytest.CaptureFixture[str]) -
     assert "3/3" in err
     assert "failed=3" in err
 
+    with leanpool.Executor(max_workers=2) as ex:
+        assert list(ex.map(funcs.square, range(4), progress=True)) == [0, 1, 4, 9]
+    assert "4/4" in capfd.readouterr().err
+
 
 def test_results_of_async_and_sync_runs_agree() -> None:
     def build() -> TaskRunner:
