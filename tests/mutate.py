@@ -258,14 +258,14 @@ MUTANTS = (
     Mutant(
         "stderr-not-capped",
         "max_output caps stderr too",
-        "src/leanpool/_runner/shell.py",
+        "src/leanpool/_runner/children.py",
         "            if cap is not None and self.err_size + len(data) > cap:",
         "            if False:",
     ),
     Mutant(
         "max-output-ignored",
         "max_output caps each stream",
-        "src/leanpool/_runner/shell.py",
+        "src/leanpool/_runner/children.py",
         "        cap = self.host.max_output",
         "        cap = None",
     ),
@@ -273,8 +273,8 @@ MUTANTS = (
         "close-keeps-stdout",
         "leaving the loop early lets the runner exit at once",
         "src/leanpool/_caller/process.py",
-        "            for stream in (self._stdin, proc.stdout):\n                if stream is not None:\n                    with contextlib.suppress(OSError):\n                        stream.close()  # stdin's EOF",
-        "            for stream in (self._stdin,):\n                if stream is not None:\n                    with contextlib.suppress(OSError):\n                        stream.close()  # stdin's EOF",
+        "        for stream in (self._stdin, self._proc.stdout):\n            if stream is not None:\n                with contextlib.suppress(OSError):\n                    stream.close()  # stdin's EOF",
+        "        for stream in (self._stdin,):\n            if stream is not None:\n                with contextlib.suppress(OSError):\n                    stream.close()  # stdin's EOF",
     ),
     Mutant(
         "feeder-trusts-nonblocking-stdin",
@@ -301,8 +301,126 @@ MUTANTS = (
         "run-yields-nothing",
         "run() yields every result",
         "src/leanpool/_api.py",
-        "                        yield result\n",
-        "                        pass\n",
+        "                    if result is not None:\n                        yield result\n"
+        "                        state.after_result()\n                state.finish(runner)\n"
+        "            finally:\n                self._process = None\n                state.close_bar()\n"
+        "                runner.close()",
+        "                    if result is not None:\n                        pass\n"
+        "                        state.after_result()\n                state.finish(runner)\n"
+        "            finally:\n                self._process = None\n                state.close_bar()\n"
+        "                runner.close()",
+    ),
+    # -- calls and their workers ---------------------------------------------------------
+    Mutant(
+        "call-output-dropped-at-reply",
+        "what a call prints is its output, whichever pipe the loop reads first",
+        "src/leanpool/_runner/calls.py",
+        "        for fd in (self.out_fd, self.err_fd):  # the call's output is in the pipes by now\n"
+        "            if fd >= 0:\n                self._drain(fd)\n        self.child = None\n",
+        "        self.child = None\n"
+        "        for fd in (self.out_fd, self.err_fd):  # the call's output is in the pipes by now\n"
+        "            if fd >= 0:\n                self._drain(fd)\n",
+    ),
+    Mutant(
+        "worker-crash-not-reported",
+        "a worker that dies fails the call it ran, and the run goes on",
+        "src/leanpool/_runner/calls.py",
+        "        if child is not None:\n            child.worker_died(status)\n"
+        "            host.attempt_over(child)",
+        "        if child is not None:\n            pass",
+    ),
+    Mutant(
+        "worker-start-failure-loops",
+        "a worker that cannot start ends the run with one error, not a restart loop",
+        "src/leanpool/_runner/calls.py",
+        '            host.worker_failed(f"{message}: {log}" if log else message)',
+        "            pass",
+    ),
+    Mutant(
+        "call-timeout-spares-group",
+        "a call's timeout kills the worker's whole group, with what the call started",
+        "src/leanpool/_runner/calls.py",
+        "        self.worker.killed = True\n        signal_group(self.worker.pid, sig)",
+        "        self.worker.killed = True\n        os.kill(self.worker.pid, sig)",
+    ),
+    Mutant(
+        "timeout-charges-worker-start",
+        "a call's timeout starts when its worker is ready",
+        "src/leanpool/_runner/calls.py",
+        "        self.running = worker.ready\n",
+        "        self.running = True\n",
+    ),
+    Mutant(
+        "workers-never-recycled",
+        "max_tasks_per_worker and max_worker_memory replace workers",
+        "src/leanpool/_runner/calls.py",
+        "        if self.pool.retire_after(self, reply):",
+        "        if False:",
+    ),
+    Mutant(
+        "idle-workers-outlive-run",
+        "no worker outlives its run",
+        "src/leanpool/_runner/calls.py",
+        "        for worker in self.workers.values():\n            worker.killed = True\n"
+        "            signal_group(worker.pid, signal.SIGKILL)",
+        "        for worker in self.workers.values():\n            worker.killed = True",
+    ),
+    Mutant(
+        "c-output-not-flushed",
+        "what a call prints through C stdio is its output too",
+        "src/leanpool/_worker.py",
+        "    if flush_c is not None:\n        flush_c(None)",
+        "    pass",
+    ),
+    Mutant(
+        "cancel-ignored",
+        "cancel kills a running task",
+        "src/leanpool/_runner/loop.py",
+        "                    child.cancelled = True\n                    child.signal(signal.SIGTERM)",
+        "                    child.cancelled = True",
+    ),
+    Mutant(
+        "executor-exception-type-lost",
+        "an Executor future raises the call's own exception type",
+        "src/leanpool/_executor.py",
+        "        rebuilt = rebuild_exception(error, result.exception_pickle)",
+        "        rebuilt = None",
+    ),
+    Mutant(
+        "executor-cancel-keeps-running",
+        "cancel() of a running future kills its call",
+        "src/leanpool/_executor.py",
+        "        self._session.cancel(self._task_id)\n        return super().cancel()",
+        "        return super().cancel()",
+    ),
+    Mutant(
+        "map-eager",
+        "Executor.map submits lazily, so an endless iterator works",
+        "src/leanpool/_executor.py",
+        "            self.submit(fn, *item) for item in itertools.islice(items, ahead)",
+        "            self.submit(fn, *item) for item in items",
+    ),
+    # -- asyncio ---------------------------------------------------------------------------
+    Mutant(
+        "arun-cancel-leaves-runner",
+        "cancelling an async run stops the runner and every task",
+        "src/leanpool/_api.py",
+        "                await runner.aclose()",
+        "                pass",
+    ),
+    Mutant(
+        "async-read-blocks-loop",
+        "the event loop is never blocked by a run",
+        "src/leanpool/_caller/aprocess.py",
+        "        os.set_blocking(self._stdout_fd, False)",
+        "        os.set_blocking(self._stdout_fd, True)",
+    ),
+    Mutant(
+        "second-cancel-still-waits",
+        "a cancel during the cleanup stops the waiting",
+        "src/leanpool/_caller/aprocess.py",
+        "            if proc.poll() is None:\n                proc.kill()\n                sweep_run(self.token)\n            raise",
+        "            if proc.poll() is None:\n                self.close()\n            raise",
     ),
     # -- input ----------------------------------------------------------------------------
     Mutant(
@@ -330,12 +448,11 @@ MUTANTS = (
         "end-input-too-early",
         "a task added from the loop body runs in the same run",
         "src/leanpool/_api.py",
-        "                        if spool.offset != announced:  # the loop body added tasks\n"
-        "                            announced = spool.flush()\n"
-        "                            runner.more(announced)",
-        "                        if spool.offset != announced:  # the loop body added tasks\n"
-        "                            runner.end_input(announced)\n"
-        "                            announced = spool.flush()",
+        "        if self.spool.offset != self.announced:  # the loop body added tasks\n"
+        "            self._announce()",
+        "        if self.spool.offset != self.announced:  # the loop body added tasks\n"
+        "            self.runner.end_input(self.announced)  # type: ignore[union-attr]\n"
+        "            self._announce()",
     ),
     # -- the protocol ---------------------------------------------------------------------
     Mutant(
