@@ -17,23 +17,23 @@ from __future__ import annotations
 
 import binascii
 import builtins
-import contextlib
 import ctypes
 import importlib
 import io
 import json
 import os
 import pickle
-import runpy
 import sys
-import traceback
-import types
-from typing import TYPE_CHECKING, Any, Final
 
 from ._protocol.calls import CALL_FD, REPLY_FD
 
+# Not typing's own TYPE_CHECKING: a worker's start is every first call's wait, and typing
+# costs 3 ms of it.  traceback and runpy are imported when first needed, for the same
+# reason.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any, Final
 
     from ._protocol.calls import CallError, CallReply, CallRequest, WorkerConfig, WorkerReady
 
@@ -60,6 +60,8 @@ def main(argv: list[str]) -> int:
         for name in config["preload"]:
             importlib.import_module(name)
     except BaseException as exc:  # anything at all: the worker cannot work
+        import traceback  # see TYPE_CHECKING above
+
         text = "".join(traceback.format_exception(exc)).rstrip()
         ready: WorkerReady = {"fatal": f"preload {name!r} failed: {text}"}
         _write(ready)
@@ -146,7 +148,9 @@ def _load_main() -> None:
         return
     _main_loaded = True
     assert _config is not None
-    module = types.ModuleType("__mp_main__")
+    import runpy  # see TYPE_CHECKING above
+
+    module = type(sys)("__mp_main__")
     if _config["main_module"]:
         namespace = runpy.run_module(
             _config["main_module"], run_name="__mp_main__", alter_sys=False
@@ -160,6 +164,8 @@ def _load_main() -> None:
 
 
 def _error_reply(exc: BaseException, as_pickle: bool) -> CallReply:
+    import traceback  # see TYPE_CHECKING above
+
     cls = type(exc)
     name = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
@@ -209,8 +215,10 @@ def _c_flush() -> Callable[[], object] | None:
 def _flush(flush_c: Callable[..., object] | None) -> None:
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         if stream is not None:
-            with contextlib.suppress(Exception):  # a call that closed or replaced them
+            try:  # noqa: SIM105  # contextlib is one import more at start
                 stream.flush()
+            except Exception:  # a call that closed or replaced them
+                pass
     if flush_c is not None:
         flush_c(None)
 

@@ -13,14 +13,17 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from leanpool import Result, RunnerError, TaskFailed, TaskRunner
 from leanpool._errors import RemoteTraceback
-from leanpool._protocol.calls import CallError
 from tests.helpers import PY, leanpool_cli, wait_for, wait_gone
 from tests.integration import calls_funcs as funcs
+
+if TYPE_CHECKING:
+    from leanpool._protocol.calls import CallError
 
 FUNCS = "tests.integration.calls_funcs"
 
