@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TaskRunner", "arun_tasks", "run_tasks"]
 
-Command = str | Sequence[str | os.PathLike[str]]
+Command = str | Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]]
 Callback = Callable[[Result, int, int], object]
 AsyncCallback = Callable[[Result, int, int], "Awaitable[object] | object"]
 
@@ -506,9 +506,14 @@ def _command(cmd: object) -> str | list[str]:
     if isinstance(cmd, Sequence):
         parts = []
         for part in cmd:
-            if not isinstance(part, (str, os.PathLike)):
-                raise TypeError(f"cmd as a list must hold strings only, not {type(part).__name__}")
-            parts.append(os.fspath(part))
+            if isinstance(part, (bytes, bytearray)):  # exact bytes: a file name, say
+                parts.append(os.fsdecode(bytes(part)))
+            elif isinstance(part, (str, os.PathLike)):
+                parts.append(os.fsdecode(os.fspath(part)))
+            else:
+                raise TypeError(
+                    f"cmd as a list must hold strings or bytes only, not {type(part).__name__}"
+                )
         return parts
     raise TypeError(f"cmd must be a string or a list of strings, not {type(cmd).__name__}")
 
@@ -535,6 +540,7 @@ def _summary(end: EndRecord, added: int, completed: int) -> RunSummary:
         failed=end["failed"],
         unfinished=added - end["skipped"] - end["completed"],
         halted=end["halted"],
+        skipped_failed=end.get("skipped_failed", 0),
     )
 
 

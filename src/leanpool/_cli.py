@@ -59,6 +59,7 @@ def _parser() -> _Parser:
         prog="leanpool",
         description="Run many shell tasks in parallel from a lean runner process.",
     )
+    parser.add_argument("--version", action="version", version=f"leanpool {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser(
         "run",
@@ -82,6 +83,12 @@ def _parser() -> _Parser:
     progress.add_argument("--progress", dest="progress", action="store_true", default=None)
     progress.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
+
+
+def _version() -> str:
+    from . import __version__  # the package, once its CLI runs
+
+    return __version__
 
 
 def _open_task_file(name: str) -> IO[bytes]:
@@ -220,7 +227,11 @@ def _exit_status(end: EndRecord) -> int:
         return EXIT_INTERRUPTED if end["stopped_by"] == "SIGINT" else EXIT_FAILED
     if end["halted"]:
         _say(f"halted after {end['failed']} failed task(s)")
-    return EXIT_OK if not end["failed"] and not end["unfinished"] else EXIT_FAILED
+    if end.get("skipped_failed"):
+        count = end["skipped_failed"]
+        _say(f"{count} task(s) failed in an earlier run (--resume-failed runs them again)")
+    failed = end["failed"] or end["unfinished"] or end.get("skipped_failed")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _say(message: str) -> None:

@@ -11,14 +11,12 @@ import struct
 import subprocess
 import sys
 import termios
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
+from leanpool import TaskRunner
 from tests.helpers import PY, leanpool_cli
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def records(stdout: bytes) -> list[dict[str, object]]:
@@ -193,3 +191,47 @@ def test_a_pipe_is_spooled_since_the_runner_reads_its_file_twice(tmp_path: Path)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert sorted(r["stdout"] for r in records(out)) == ["a\n", "b\n"]  # type: ignore[type-var]
+
+
+# -- what a new shell user hit ---------------------------------------------------------
+
+
+def test_version() -> None:
+    proc = leanpool_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.decode().startswith("leanpool ")
+
+
+def test_output_dir_is_made_and_no_two_tasks_share_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "made" / "here"
+    tasks = tmp_path / "t.jsonl"
+    lines = [
+        {"id": 1, "cmd": "echo int"},
+        {"id": "1", "cmd": "echo str"},
+        {"id": "x", "cmd": "echo first"},
+        {"id": "x", "cmd": "echo second"},
+    ]
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    proc = leanpool_cli("run", str(tasks), "--output-dir", str(out), "-j", "1")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    files = [r["stdout_file"] for r in records]
+    assert len(set(files)) == 4
+    contents = sorted(Path(f).read_text() for f in files)
+    assert contents == ["first\n", "int\n", "second\n", "str\n"]
+
+
+def test_lines_that_are_not_utf8_reach_the_command_exactly(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    commands = tmp_path / "commands.txt"
+    commands.write_bytes(b"printf '%s' '\xff\xfecaf\xe9' > " + str(target).encode() + b"\n")
+    proc = leanpool_cli("run", "--lines", str(commands))
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_bytes() == b"\xff\xfecaf\xe9"
+
+
+def test_the_library_takes_bytes_in_an_argv() -> None:
+    runner = TaskRunner(1)
+    runner.add(1, ["printf", "%s", b"\xff\x00x"[:1] + b"name"])
+    (result,) = runner.run()
+    assert result.stdout_bytes == b"\xffname"

@@ -27,13 +27,19 @@ def journal_ids(path: Path) -> list[str | int]:
 
 
 def test_journal_holds_exactly_what_was_printed(tmp_path: Path) -> None:
+    """Each journal record is the printed record plus ``task``, its line's digest."""
     tasks = write_tasks(
         tmp_path / "t.jsonl", [{"id": i, "cmd": f"echo {i}; exit {i % 2}"} for i in range(20)]
     )
     journal = tmp_path / "journal.jsonl"
     proc = leanpool_cli("run", str(tasks), "--journal", str(journal))
     assert proc.returncode == 1
-    assert sorted(proc.stdout.splitlines()) == sorted(journal.read_bytes().splitlines())
+    recorded = [json.loads(line) for line in journal.read_bytes().splitlines()]
+    digests = {record.pop("task") for record in recorded}
+    assert len(digests) == 20  # one per task line
+    printed = [json.loads(line) for line in proc.stdout.splitlines()]
+    key = lambda record: record["id"]  # noqa: E731
+    assert sorted(printed, key=key) == sorted(recorded, key=key)
 
 
 def test_resume_after_the_caller_is_killed(tmp_path: Path) -> None:
@@ -172,3 +178,63 @@ def test_task_file_error_from_the_runner_names_the_line(tmp_path: Path) -> None:
         list(runner.run())
     assert info.value.line == 2
     assert not runner_pids()
+
+
+# -- resuming a batch that had failures, and a batch whose file changed ----------------
+
+
+def test_resume_counts_the_journals_failures_and_resume_failed_reruns_them(
+    tmp_path: Path,
+) -> None:
+    flag = tmp_path / "fixed"
+    tasks = write_tasks(
+        tmp_path / "t.jsonl",
+        [
+            {"id": "good", "cmd": "echo good"},
+            {"id": "flaky", "cmd": f"test -e {flag} && echo fixed"},
+        ],
+    )
+    journal = tmp_path / "journal.jsonl"
+    first = leanpool_cli("run", str(tasks), "--journal", str(journal))
+    assert first.returncode == 1
+    again = leanpool_cli("run", str(tasks), "--journal", str(journal), "--resume")
+    assert again.returncode == 1  # nothing ran, but the batch is not a success
+    assert again.stdout == b""
+    assert b"1 task(s) failed in an earlier run" in again.stderr
+    flag.touch()
+    rerun = leanpool_cli("run", str(tasks), "--journal", str(journal), "--resume-failed")
+    assert rerun.returncode == 0
+    assert [json.loads(line)["id"] for line in rerun.stdout.splitlines()] == ["flaky"]
+    # The journal now holds the failure and the rerun's success: a resume trusts the last.
+    assert journal_ids(journal) == ["good", "flaky", "flaky"]
+    final = leanpool_cli("run", str(tasks), "--journal", str(journal), "--resume")
+    assert (final.returncode, final.stdout) == (0, b"")
+
+
+def test_resume_refuses_a_task_file_whose_lines_moved(tmp_path: Path) -> None:
+    """--lines ids are line numbers: after an edit, line 2 is another command, and a
+    resume must not skip it as done."""
+    marker = tmp_path / "ran"
+    commands = tmp_path / "commands.txt"
+    commands.write_text("echo one\necho two\n")
+    journal = tmp_path / "journal.jsonl"
+    assert leanpool_cli("run", "--lines", str(commands), "--journal", str(journal)).returncode == 0
+    commands.write_text(f"echo zero\ntouch {marker}\necho two\n")
+    proc = leanpool_cli("run", "--lines", str(commands), "--journal", str(journal), "--resume")
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert not marker.exists()
+    assert (
+        "line 1: the journal holds a result for id 1, but of another task" in proc.stderr.decode()
+    )
+
+
+def test_library_resume_with_a_changed_task_is_refused(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    runner = TaskRunner(2, journal=journal)
+    runner.add("a", "echo 1")
+    list(runner.run())
+    runner = TaskRunner(2, journal=journal, resume=True)
+    runner.add("a", "echo 2")
+    with pytest.raises(TaskFileError, match="of another task"):
+        list(runner.run())

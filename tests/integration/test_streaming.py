@@ -205,7 +205,7 @@ def test_add_says_bytes_are_not_a_command() -> None:
     runner = TaskRunner(2)
     with pytest.raises(TypeError, match="cmd must be a string or a list of strings, not bytes"):
         runner.add(1, b"echo hi")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="cmd as a list must hold strings only, not int"):
+    with pytest.raises(TypeError, match="cmd as a list must hold strings or bytes only, not int"):
         runner.add(1, ["echo", 1])  # type: ignore[list-item]
     assert len(runner) == 0
 

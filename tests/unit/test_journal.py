@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def done_ids(path: Path) -> set[str | int]:
     journal = Journal(str(path), resume=True)
     journal.close()
-    return journal.done
+    return set(journal.done)
 
 
 def test_missing_journal_is_created_empty(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from leanpool import TaskFileError
 from leanpool._caller.options import OPTIONS, KeywordOptions, add_cli_options, make_options
 from leanpool._protocol.config import Options
+from leanpool._protocol.journal import Journal
 from leanpool._protocol.spool import SpoolReader, SpoolWriter
 from leanpool._protocol.tasks import CommandTask
 from leanpool._runner.children import Child, Outcome
@@ -156,11 +157,15 @@ def _intake(
 ) -> tuple[Intake, Path]:
     path = tmp_path / "spool.jsonl"
     path.write_bytes(lines)
-    intake = Intake(
-        {"path": str(path), "format": "jsonl", "stream": stream},
-        done or set(),
-        unique_ids=done is not None,
-    )
+    journal = None
+    if done is not None:  # a journal holding these ids (records without task digests)
+        journal_path = tmp_path / "journal.jsonl"
+        journal_path.write_text(
+            "".join(json.dumps({"id": i, "ok": True}) + "\n" for i in sorted(done, key=str))
+        )
+        journal = Journal(str(journal_path), resume=True)
+        journal.close()
+    intake = Intake({"path": str(path), "format": "jsonl", "stream": stream}, journal)
     return intake, path
 
 

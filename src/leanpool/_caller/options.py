@@ -46,6 +46,7 @@ class KeywordOptions(TypedDict, total=False):
     halt_now: bool
     journal: str | os.PathLike[str] | None
     resume: bool
+    resume_failed: bool
     preload: list[str] | tuple[str, ...]
     max_tasks_per_worker: int | None
     max_worker_memory: int | None
@@ -108,6 +109,12 @@ OPTIONS: Final = (
     OptionSpec("journal", "path", None, "append each result durably to PATH", nullable=True),
     OptionSpec("resume", "bool", False, "skip the tasks the journal already holds"),
     OptionSpec(
+        "resume_failed",
+        "bool",
+        False,
+        "resume, but run again the tasks the journal holds as failed",
+    ),
+    OptionSpec(
         "preload", "modules", (), "import MODULES (comma-separated) in each worker as it starts"
     ),
     OptionSpec(
@@ -160,11 +167,14 @@ def make_options(**given: object) -> Options:
         if spec.name == "parallel" and value is None:
             value = default_parallel()
         options[spec.name] = _check(spec, value)
-    if options["resume"] and options["journal"] is None:
+    if (options["resume"] or options["resume_failed"]) and options["journal"] is None:
         raise ValueError("resume needs a journal to resume from")
     output_dir = options["output_dir"]
-    if isinstance(output_dir, str) and not os.path.isdir(output_dir):
-        raise ValueError(f"output_dir {output_dir!r} is not a directory")
+    if isinstance(output_dir, str):
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"output_dir {output_dir!r} cannot be made: {exc.strerror}") from None
     return cast("Options", options)
 
 

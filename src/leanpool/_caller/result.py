@@ -127,6 +127,8 @@ class RunSummary:
         unfinished: tasks of this run with no result: never started, or killed by a halt
             or an interrupt (a resumed run starts them again).
         halted: the run stopped early because of ``halt``.
+        skipped_failed: of the tasks skipped, those the journal holds as failed
+            (``resume_failed`` runs them again instead).
     """
 
     total: int
@@ -135,6 +137,7 @@ class RunSummary:
     failed: int
     unfinished: int
     halted: bool
+    skipped_failed: int = 0
 
 
 def result_from_record(record: ResultRecord) -> Result:

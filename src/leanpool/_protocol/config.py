@@ -38,6 +38,7 @@ class Options(TypedDict):
     halt_now: bool
     journal: str | None
     resume: bool
+    resume_failed: bool
     preload: list[str]
     max_tasks_per_worker: int | None
     max_worker_memory: int | None

@@ -35,10 +35,16 @@ being stopped to finish doing so, short enough to report a real conflict promptl
 class Journal:
     """An open, locked journal: the ids it already holds, and appending new records.
 
+    Each record is a result record plus ``task``: a digest of the task's line, so that
+    a resume can tell a task whose line changed (a ``--lines`` file edited between runs)
+    from the one recorded, and refuse to skip it.
+
     Args:
         path: the journal file; created if missing.
-        resume: read the ids already recorded (``done``); without it, a journal that
-            already holds records is refused rather than appended to or overwritten.
+        resume: read the ids already recorded (``done``: id to its task digest, or
+            "" for a record without one; ``failed``: those whose last record failed);
+            without it, a journal that already holds records is refused rather than
+            appended to or overwritten.
 
     Raises:
         JournalError: the journal cannot be opened or locked, is not trustworthy, or
@@ -47,7 +53,8 @@ class Journal:
 
     def __init__(self, path: str, *, resume: bool) -> None:
         self.path = path
-        self.done: set[str | int] = set()
+        self.done: dict[str | int, str] = {}
+        self.failed: set[str | int] = set()
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -55,7 +62,7 @@ class Journal:
         try:
             self._lock()
             if resume:
-                self.done = self._read_ids()
+                self._read_ids()
             self._size = os.fstat(self._fd).st_size
             if self._size and not resume:
                 raise JournalError(
@@ -81,16 +88,19 @@ class Journal:
             except OSError:
                 return  # a file that cannot be locked (/dev/full, some network mounts)
 
-    def _read_ids(self) -> set[str | int]:
-        """The task ids recorded, after cutting off a torn last line.
+    def _read_ids(self) -> None:
+        """Read the task ids recorded into ``done`` and ``failed``, after cutting off a
+        torn last line.
 
         A last line without its newline is what a writer killed mid-record leaves: it is
         removed from the file (that task runs again).  Anything else that is not a
-        record, or two records for one id, is corruption, and resume refuses to guess.
+        record is corruption, and so is a second record for an id whose first one
+        succeeded: resume refuses to guess.  (A failed task run again by a resume that
+        reruns failures has a later record, which counts.)
         """
-        ids: set[str | int] = set()
+        ids = self.done
         if not stat.S_ISREG(os.fstat(self._fd).st_mode):
-            return ids  # a device (/dev/full reads as endless zeros) has no records to skip
+            return  # a device (/dev/full reads as endless zeros) has no records to skip
         good_size = 0
         with open(self._fd, "rb", closefd=False) as journal:
             for number, raw in enumerate(journal, 1):
@@ -98,22 +108,28 @@ class Journal:
                     os.ftruncate(self._fd, good_size)  # torn by a dying writer
                     break
                 try:
-                    task_id = json.loads(raw)["id"]
-                except (ValueError, TypeError, KeyError, RecursionError):
+                    record = json.loads(raw)
+                    task_id = record["id"]
+                    ok = record.get("ok", True) is True
+                    digest = record.get("task", "")
+                except (ValueError, TypeError, KeyError, RecursionError, AttributeError):
                     raise JournalError(
                         f"journal {self.path} line {number} is not a result record; "
                         "refusing to guess which tasks finished"
                     ) from None
                 if isinstance(task_id, bool) or not isinstance(task_id, (str, int)):
                     raise JournalError(f"journal {self.path} line {number} has an invalid id")
-                if task_id in ids:
+                if task_id in ids and task_id not in self.failed:
                     raise JournalError(
                         f"journal {self.path} line {number} repeats id {task_id!r}; "
                         "refusing to guess which record is right"
                     )
-                ids.add(task_id)
+                ids[task_id] = digest if isinstance(digest, str) else ""
+                if ok:
+                    self.failed.discard(task_id)
+                else:
+                    self.failed.add(task_id)
                 good_size += len(raw)
-        return ids
 
     def append(self, line: bytes) -> None:
         """Write one record, all of it or none of it.

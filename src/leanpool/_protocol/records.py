@@ -104,6 +104,7 @@ class ResultRecord(_ResultRequired, total=False):
     attempts: int
     error: str | CallError
     cancelled: bool
+    task: str
     value: object
     value_pickle: str
     value_spill: str
@@ -141,8 +142,9 @@ class EndRecord(TypedDict):
     """The run ended; the last line.
 
     ``tasks`` counts the tasks the runner read, ``skipped`` those of them the journal
-    already held; ``unfinished`` those it read that got no result (never started, or
-    killed by a halt or a stop).  ``stopped_by`` is null, a signal name, or ``"caller"``.
+    already held (``skipped_failed`` of those as failures: a resume's exit status counts
+    them); ``unfinished`` those it read that got no result (never started, or killed by
+    a halt or a stop).  ``stopped_by`` is null, a signal name, or ``"caller"``.
     """
 
     leanpool: Literal["end"]
@@ -152,6 +154,7 @@ class EndRecord(TypedDict):
     completed: int
     failed: int
     unfinished: int
+    skipped_failed: int
     halted: bool
     interrupted: bool
     stopped_by: str | None

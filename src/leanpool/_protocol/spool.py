@@ -73,6 +73,8 @@ class SpoolReader:
         """True once the caller said no line follows ``limit``."""
         self.line = 0
         """The number of the last line parsed."""
+        self.last_raw = b""
+        """The bytes of that line (a resume compares their digest with the journal's)."""
         self._pos = 0
         self._lines: list[bytes] = []
         self._next = 0
@@ -101,6 +103,7 @@ class SpoolReader:
                 raw = self._lines[self._next]
                 self._next += 1
                 self.line += 1
+                self.last_raw = raw
                 task = self._parse(raw, self.line)
                 if task is not None:
                     return task

@@ -14,6 +14,7 @@ Standard library only: the lean runner imports this module.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import json
 import math
 from typing import TYPE_CHECKING, ClassVar, Final
@@ -33,6 +34,7 @@ __all__ = [
     "check_function_name",
     "parse_line",
     "parse_text_line",
+    "task_digest",
     "task_from_record",
 ]
 
@@ -69,9 +71,11 @@ class Task:
             main process ends; None for the run's choice.
     """
 
-    __slots__ = ("id", "kill_leftovers", "line", "timeout")
+    __slots__ = ("digest", "id", "kill_leftovers", "line", "timeout")
 
     id: str | int
+    digest: str
+    """Set only with a journal: ``task_digest`` of its line (read it with getattr)."""
     line: int
     timeout: float | None
     kill_leftovers: bool | None
@@ -154,6 +158,11 @@ class CallTask(Task):
 
     def __repr__(self) -> str:
         return f"<CallTask {self.id!r} line {self.line}: {self.function}>"
+
+
+def task_digest(raw: bytes) -> str:
+    """What identifies a task's line for a resume: a short hash of its bytes."""
+    return hashlib.blake2b(raw.rstrip(b"\r\n"), digest_size=8).hexdigest()
 
 
 def _check_id(value: object) -> str | int:
@@ -437,8 +446,12 @@ def _loads_or_explain(text: str, line: int) -> object:
 
 
 def parse_text_line(raw: bytes, line: int) -> CommandTask | None:
-    """Parse one line of a plain command list (``--lines``): the id is the line number."""
-    text = _decode(raw, line).rstrip("\r\n")
+    """Parse one line of a plain command list (``--lines``): the id is the line number.
+
+    Bytes that are not UTF-8 (a file name in another encoding) reach the command exactly:
+    they are carried as surrogate escapes, which ``posix_spawn`` encodes back.
+    """
+    text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
     if not text or text.isspace():
         return None
     return CommandTask(line, ["/bin/sh", "-c", text], shell=True, line=line)

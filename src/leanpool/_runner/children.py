@@ -49,6 +49,8 @@ class Host(Protocol):
     home_fd: int
     max_output: int | None
     output_dir: str | None
+    output_names: dict[str, int]
+    """With ``output_dir``: each output file name given in this run, to its task's seq."""
     spill_dir: str | None
 
     @property

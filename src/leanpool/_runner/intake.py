@@ -16,10 +16,12 @@ import stat
 from typing import TYPE_CHECKING
 
 from .._errors import TaskFileError
-from .._protocol.spool import SpoolReader, iter_tasks
+from .._protocol.spool import SpoolReader
+from .._protocol.tasks import task_digest
 
 if TYPE_CHECKING:
     from .._protocol.config import InputConfig
+    from .._protocol.journal import Journal
     from .._protocol.tasks import Task
 
 __all__ = ["ControlError", "Intake"]
@@ -33,24 +35,35 @@ class Intake:
     """The input side of a run.
 
     Invariants: ``tasks`` counts the tasks read (``skipped`` of them already in the
-    journal, never started); every other task read got the next ``seq``, from 0.  For a
-    task file validated whole, ``tasks`` and ``skipped`` are the file's totals from the
-    start.  ``caller_gone`` becomes true at EOF on stdin, unless the caller asked to
-    stop first (``stop_asked``: it lives on), and stays so.
+    journal, never started; ``skipped_failed`` of those, recorded there as failed);
+    every other task read got the next ``seq``, from 0.  For a task file validated
+    whole, these counts are the file's totals from the start.  ``caller_gone`` becomes
+    true at EOF on stdin, unless the caller asked to stop first (``stop_asked``: it
+    lives on), and stays so.
+
+    With a journal, every task read gets its ``digest``; a task the journal holds is
+    skipped only if its line is the one recorded (else the resume is refused), and,
+    with ``rerun_failed``, only if it succeeded.
     """
 
-    def __init__(self, config: InputConfig, done: set[str | int], *, unique_ids: bool) -> None:
+    def __init__(
+        self, config: InputConfig, journal: Journal | None, *, rerun_failed: bool = False
+    ) -> None:
         self.stream = config["stream"]
         self._path = config["path"]
         self._format = config["format"]
         self._reader = SpoolReader(self._path, self._format)
-        self._done = done
-        self._unique = unique_ids
+        self._journal = journal
+        self._done: dict[str | int, str] = {} if journal is None else journal.done
+        self._failed: set[str | int] = set() if journal is None else journal.failed
+        self._rerun_failed = rerun_failed
+        self._unique = journal is not None
         self._first_line: dict[str | int, int] = {}
         self._control = b""
         self._validated = False
         self.tasks = 0
         self.skipped = 0
+        self.skipped_failed = 0
         self.next_seq = 0
         self.caller_gone = False
         self.stop_asked = False
@@ -73,11 +86,16 @@ class Intake:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise TaskFileError(0, f"{self._path} is not a regular file")
             size = os.fstat(f.fileno()).st_size
-        for task in iter_tasks(self._path, self._format):
-            self._check_unique(task)
-            self.tasks += 1
-            if task.id in self._done:
-                self.skipped += 1
+        reader = SpoolReader(self._path, self._format)
+        try:
+            reader.announce(size, ended=True)
+            while (task := reader.next_task()) is not None:
+                self._check_unique(task)
+                self.tasks += 1
+                if self._skip(task, reader.last_raw):
+                    self.skipped += 1
+        finally:
+            reader.close()
         self._first_line.clear()
         self._validated = True
         self._reader.announce(size, ended=True)
@@ -158,13 +176,36 @@ class Intake:
             if not self._validated:
                 self._check_unique(task)
                 self.tasks += 1
-            if task.id in self._done:
+            if self._journal is not None and self._skip(task, self._reader.last_raw):
                 if not self._validated:
                     self.skipped += 1
                 continue
             seq = self.next_seq
             self.next_seq += 1
             return task, seq
+
+    def _skip(self, task: Task, raw: bytes) -> bool:
+        """With a journal: whether the task is done already (give it its digest too).
+
+        Raises:
+            TaskFileError: the journal holds a result for this id, of another task.
+        """
+        digest = task.digest = task_digest(raw)
+        recorded = self._done.get(task.id)
+        if recorded is None:
+            return False
+        if recorded and recorded != digest:
+            raise TaskFileError(
+                task.line,
+                f"the journal holds a result for id {task.id!r}, but of another task (its "
+                "line changed since): refusing to resume; remove the journal to start over",
+            )
+        if task.id in self._failed:
+            if self._rerun_failed:
+                return False
+            if not self._validated:
+                self.skipped_failed += 1
+        return True
 
     def _check_unique(self, task: Task) -> None:
         if not self._unique:

@@ -123,11 +123,10 @@ class Runner:
         )
         self.journal: Journal | None = None
         if options["journal"] is not None:
-            self.journal = Journal(options["journal"], resume=options["resume"])
+            rerun_failed = options.get("resume_failed", False)
+            self.journal = Journal(options["journal"], resume=options["resume"] or rerun_failed)
         self.intake = Intake(
-            config["input"],
-            set() if self.journal is None else self.journal.done,
-            unique_ids=self.journal is not None,
+            config["input"], self.journal, rerun_failed=options.get("resume_failed", False)
         )
         self.outbox = Outbox(self.epoll, self.journal, ordered=config["ordered"])
         self._idle_at = -1
@@ -141,6 +140,7 @@ class Runner:
         self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.max_output = options["max_output"]
         self.output_dir = options["output_dir"]
+        self.output_names: dict[str, int] = {}
         self.spill_dir = config["spill_dir"]
         self._workers: WorkerPool | None = None
         self._cancelled: set[str | int] = set()
@@ -272,7 +272,7 @@ class Runner:
                 attempt = 1
             if self._cancelled and task.id in self._cancelled:
                 self._cancelled.discard(task.id)
-                self._deliver(cancelled_result(task.id, attempt), seq)
+                self._deliver(cancelled_result(task.id, attempt), seq, task)
                 continue
             if not self._start(task, seq, attempt):
                 return
@@ -527,16 +527,20 @@ class Runner:
             and self.schedule.retry(child.task, child.seq, child.attempt)
         ):
             return
-        self._deliver(result_of(child, outcome, self.config["spill_dir"]), child.seq)
+        self._deliver(result_of(child, outcome, self.config["spill_dir"]), child.seq, child.task)
 
     def _unstarted(self, task: Task, seq: int, attempt: int, status: int, error: str) -> None:
         """The result of a task that could not start, unless it has retries left."""
         if self.phase is Phase.RUNNING and self.schedule.retry(task, seq, attempt):
             return
-        self._deliver(unstarted_result(task.id, attempt, status, error), seq)
+        self._deliver(unstarted_result(task.id, attempt, status, error), seq, task)
 
-    def _deliver(self, built: Built, seq: int) -> None:
+    def _deliver(self, built: Built, seq: int, task: Task) -> None:
         """Journal, count and send one final result; halt if it is one failure too many."""
+        if self.journal is not None:  # the journal's record says which task it was
+            record = (built.record if built.journal is None else built.journal).copy()
+            record["task"] = task.digest
+            built.journal = record
         self.outbox.result(built, seq)
         self.completed += 1
         if built.ok:
@@ -608,6 +612,7 @@ class Runner:
             "completed": self.completed,
             "failed": self.failed,
             "unfinished": intake.tasks - intake.skipped - self.completed,
+            "skipped_failed": intake.skipped_failed,
             "halted": self.halted,
             "interrupted": self.stopped_by is not None,
             "stopped_by": self.stopped_by,

@@ -54,8 +54,12 @@ EPOLLHUP: Final = select.EPOLLHUP
 
 
 def output_file_name(task_id: str | int) -> str:
-    """A file name for a task's output that no two ids share: unsafe bytes become %XX."""
+    """A file name for a task's output that no two ids share: unsafe bytes become %XX,
+    and a string id that reads as an integer gets its first character escaped, so that
+    the ids 1 and "1" do not share a file."""
     text = str(task_id)
+    if isinstance(task_id, str) and text.lstrip("-").isdigit() and text.isascii():
+        return f"%{ord(text[0]):02X}{text[1:]}"
     if text.isalnum() and text.isascii():
         return text
     keep = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
@@ -78,7 +82,7 @@ def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
     env = host.base_env if command.env is None else merged_env(host.base_env, command.env)
     paths = None
     if host.output_dir is not None:
-        base = os.path.join(host.output_dir, output_file_name(task.id))
+        base = os.path.join(host.output_dir, _unique_name(host, output_file_name(task.id), seq))
         paths = (base + ".stdout", base + ".stderr")
     out_r = err_r = in_r = in_w = -1
     out_w = err_w = -1
@@ -132,6 +136,17 @@ def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
             os.close(in_w)
         raise SpawnError(126, f"cannot watch the task: {exc.strerror}") from None
     return child
+
+
+def _unique_name(host: Host, name: str, seq: int) -> str:
+    """name, or name.2, name.3, ... when another task of this run (an id given twice)
+    has it already: no two tasks share an output file.  A retry keeps its task's."""
+    names = host.output_names
+    candidate, n = name, 1
+    while names.setdefault(candidate, seq) != seq:
+        n += 1
+        candidate = f"{name}.{n}"
+    return candidate
 
 
 def _open_outputs(paths: tuple[str, str]) -> tuple[int, int]:
