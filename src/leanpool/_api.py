@@ -344,6 +344,8 @@ class TaskRunner:
                 "input": {"path": spool.path, "format": "jsonl", "stream": True},
                 "ordered": ordered,
                 "cleanup_dir": workdir,
+                "halt_rule": None,
+                "slot_env": None,
                 "workers": worker_config(),
                 "spill_dir": workdir,
             }

@@ -72,6 +72,11 @@ def _parser() -> _Parser:
         ),
     )
     run.add_argument("file", metavar="FILE", help="task file, or - for stdin")
+    commands.add_parser(
+        "parallel",
+        help="GNU parallel's syntax: leanpool parallel gzip {} ::: *.log",
+        add_help=False,
+    )
     run.add_argument(
         "--lines",
         action="store_true",
@@ -177,6 +182,8 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
             "input": {"path": path, "format": task_format, "stream": stream},
             "ordered": args.ordered,
             "cleanup_dir": workdir,
+            "halt_rule": None,
+            "slot_env": None,
             "workers": _worker_config(),
             "spill_dir": None,
         }
@@ -241,6 +248,11 @@ def _say(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``leanpool`` command; returns the exit status."""
     out = sys.stdout.buffer
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["parallel"]:  # GNU parallel's syntax, which argparse cannot take
+        from ._parallel import main as parallel_main  # only when asked
+
+        return parallel_main(argv[1:])
     try:
         args = _parser().parse_args(argv)
         return _run(args, out)

@@ -279,6 +279,8 @@ class _Session:
             "input": {"path": spool.path, "format": "jsonl", "stream": True},
             "ordered": False,
             "cleanup_dir": workdir,
+            "halt_rule": None,
+            "slot_env": None,
             "workers": worker_config(),
             "spill_dir": workdir,
         }

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 if TYPE_CHECKING:
     from .calls import WorkerConfig
 
-__all__ = ["InputConfig", "Options", "RunnerConfig", "TaskFormat"]
+__all__ = ["HaltRule", "InputConfig", "Options", "RunnerConfig", "TaskFormat"]
 
 TaskFormat = Literal["jsonl", "lines"]
 """``jsonl``: one task record per line; ``lines``: one shell command per line, whose id
@@ -58,6 +58,17 @@ class InputConfig(TypedDict):
     stream: bool
 
 
+class HaltRule(TypedDict):
+    """GNU parallel's ``--halt now|soon,fail|success=N|N%`` (``leanpool parallel``): halt
+    once ``count`` results (or ``percent`` of at least 3) are failures (``on`` "fail")
+    or successes; ``now`` also kills the running tasks."""
+
+    on: Literal["fail", "success"]
+    count: int
+    percent: float | None
+    now: bool
+
+
 class RunnerConfig(TypedDict):
     """The runner's single command-line argument, as JSON."""
 
@@ -67,6 +78,11 @@ class RunnerConfig(TypedDict):
     """Emit results in task order rather than as tasks finish."""
     cleanup_dir: str | None
     """A private directory of the caller's, removed by the runner if the caller dies."""
+    halt_rule: HaltRule | None
+    """Replaces the options' ``halt`` when set."""
+    slot_env: str | None
+    """Set in each command task's environment to its job slot (``leanpool parallel``'s
+    ``{%}``); None: no slot variable (most runs: it costs an environment per task)."""
     workers: WorkerConfig
     """The caller's interpreter and ``sys.path``, for the workers that run calls."""
     spill_dir: str | None

@@ -52,6 +52,9 @@ class Host(Protocol):
     output_names: dict[str, int]
     """With ``output_dir``: each output file name given in this run, to its task's seq."""
     spill_dir: str | None
+    slot_env: str | None
+    """A variable that tells each command task its job slot (1 to ``parallel``, none
+    shared by two tasks running at once), as GNU parallel's ``$PARALLEL_JOBSLOT``."""
 
     @property
     def watched(self) -> Container[int]:
@@ -75,6 +78,9 @@ class Host(Protocol):
     def leftovers_found(self, child: Child) -> None:
         """child's main process ended and left processes in its group: they get SIGTERM,
         then SIGKILL after the grace, unless the task keeps its leftovers."""
+
+    def take_slot(self) -> int:
+        """The lowest free job slot; ``Child.slot`` gives it back when the child ends."""
 
     def began(self, child: Child) -> None:
         """child, started with ``running`` false, runs now: its timeout starts."""
@@ -151,6 +157,7 @@ class Child:
         "pid",
         "running",
         "seq",
+        "slot",
         "started",
         "task",
         "timed_out",
@@ -167,6 +174,7 @@ class Child:
         self.cancelled = False
         self.running = True
         self.done = False
+        self.slot = 0
 
     def on_event(self, fd: int, events: int) -> None:
         """An event on one of the descriptors this child watches."""

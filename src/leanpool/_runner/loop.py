@@ -46,7 +46,7 @@ from .spawn import SpawnError
 from .timers import Timers, When
 
 if TYPE_CHECKING:
-    from .._protocol.config import RunnerConfig
+    from .._protocol.config import HaltRule, RunnerConfig
     from .._protocol.records import (
         EndRecord,
         FatalRecord,
@@ -141,6 +141,9 @@ class Runner:
         self.max_output = options["max_output"]
         self.output_dir = options["output_dir"]
         self.output_names: dict[str, int] = {}
+        self.slot_env = config.get("slot_env")
+        self.halt_rule = config.get("halt_rule")
+        self._free_slots = list(range(options["parallel"], 0, -1))
         self.spill_dir = config["spill_dir"]
         self._workers: WorkerPool | None = None
         self._cancelled: set[str | int] = set()
@@ -327,6 +330,10 @@ class Runner:
     def unwatch(self, fd: int) -> None:
         self.epoll.unregister(fd)
         del self.by_fd[fd]
+
+    def take_slot(self) -> int:
+        # A retry may start while its task's slot is not yet free: then one past the end.
+        return self._free_slots.pop() if self._free_slots else len(self.active) + 1
 
     def began(self, child: Child) -> None:
         if self.active.get(child.pid) is child:
@@ -516,6 +523,9 @@ class Runner:
         if self.active.get(child.pid) is not child:
             return  # completed already (a worker's exit told of it first)
         del self.active[child.pid]
+        if child.slot:
+            self._free_slots.append(child.slot)
+            self._free_slots.sort(reverse=True)
         if child.abandoned:
             return
         outcome = child.outcome()
@@ -536,13 +546,19 @@ class Runner:
         self._deliver(unstarted_result(task.id, attempt, status, error), seq, task)
 
     def _deliver(self, built: Built, seq: int, task: Task) -> None:
-        """Journal, count and send one final result; halt if it is one failure too many."""
+        """Journal, count and send one final result; halt if it is one failure too many
+        (or, with a ``halt_rule``, if the rule is met)."""
         if self.journal is not None:  # the journal's record says which task it was
             record = (built.record if built.journal is None else built.journal).copy()
             record["task"] = task.digest
             built.journal = record
         self.outbox.result(built, seq)
         self.completed += 1
+        if self.halt_rule is not None:
+            if not built.ok:
+                self.failed += 1
+            self._apply_halt_rule(self.halt_rule)
+            return
         if built.ok:
             return
         self.failed += 1
@@ -551,6 +567,27 @@ class Runner:
             self.halted = True
             _warn(f"{self.failed} task(s) failed: starting no more tasks")
             if self.options["halt_now"]:
+                self._stop(by=None)
+            else:
+                self._drain()
+
+    def _apply_halt_rule(self, rule: HaltRule) -> None:
+        """GNU parallel's ``--halt when,what=N|N%``: stop once N (or N percent, of at
+        least 3) of the results are failures, or successes."""
+        if self.halted:
+            return
+        done = self.completed
+        seen = self.failed if rule["on"] == "fail" else done - self.failed
+        percent = rule["percent"]
+        if percent is not None:
+            reached = done >= 3 and seen * 100 >= percent * done
+        else:
+            reached = seen >= rule["count"]
+        if reached:
+            self.halted = True
+            what = "failed" if rule["on"] == "fail" else "succeeded"
+            _warn(f"{seen} task(s) {what}: starting no more tasks")
+            if rule["now"]:
                 self._stop(by=None)
             else:
                 self._drain()

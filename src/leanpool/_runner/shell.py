@@ -80,6 +80,10 @@ def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
     """
     command: CommandTask = task  # type: ignore[assignment]  # CHILD_KINDS maps by class
     env = host.base_env if command.env is None else merged_env(host.base_env, command.env)
+    slot = 0
+    if host.slot_env is not None:
+        slot = host.take_slot()
+        env = merged_env(env, {host.slot_env: str(slot)})
     paths = None
     if host.output_dir is not None:
         base = os.path.join(host.output_dir, _unique_name(host, output_file_name(task.id), seq))
@@ -115,6 +119,7 @@ def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
             if fd >= 0:
                 os.close(fd)
     child = ShellChild(task, seq, attempt, pid, host, out_r, err_r)
+    child.slot = slot
     try:
         if paths is not None:
             child.stdout_file, child.stderr_file = paths

@@ -1,0 +1,215 @@
+"""``leanpool parallel``: GNU parallel's syntax, compared with GNU parallel's own output
+where it is installed (``tests/setup.sh`` installs it), against real processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PY, cannot_fault
+
+GNU = shutil.which("parallel")
+
+
+def lp(
+    *args: str, stdin: bytes = b"", cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [PY, "-m", "leanpool", "parallel", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def gnu(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    if GNU is None:
+        cannot_fault("GNU parallel is not installed (tests/setup.sh installs it)")
+    return subprocess.run([GNU, "--will-cite", *args], input=stdin, capture_output=True, timeout=60)
+
+
+SAME_AS_GNU = [
+    ["-k", "echo", "{1}-{2}", ":::", "a", "b", ":::", "1", "2"],
+    ["-k", "echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", ":::", "a.txt", "d/b.tar.gz", "/x"],
+    ["-k", "echo", "{2/.}", "{1//}", ":::", "p/q.r", ":::", "s/t.u"],
+    ["-k", "--link", "echo", "{1}{2}", ":::", "a", "b", "c", ":::", "1", "2"],
+    ["-k", "--tag", "echo", "{}", ":::", "x", "a b;echo pwned"],
+    ["-k", "echo", ":::", "appended", "a b"],
+    ["-k", "printf", "'<%s>\\n'", "{}", ":::", "$(id)", "'quoted'", "a\\b", "*"],
+    ["-k", "-q", "printf", "%s|", "{}", ":::", "a b"],
+    ["--dry-run", "-k", "rsync", "-a", "{}", "host:{}", ":::", "dir one", "d2"],
+]
+
+
+@pytest.mark.parametrize("args", SAME_AS_GNU, ids=[" ".join(a)[:40] for a in SAME_AS_GNU])
+def test_output_is_gnu_parallels(args: list[str]) -> None:
+    ours, theirs = lp(*args), gnu(*args)
+    assert ours.stdout == theirs.stdout, (ours.stderr, theirs.stderr)
+    assert ours.returncode == theirs.returncode == 0
+
+
+def test_stdin_lines_nul_items_and_arg_files(tmp_path: Path) -> None:
+    files = tmp_path / "inputs.txt"
+    files.write_text("one\ntwo\n")
+    assert lp("-k", "echo", stdin=b"a\nb c\n").stdout == b"a\nb c\n"
+    assert lp("-k", "-0", "echo", "[{}]", stdin=b"x\0y\nz\0").stdout == b"[x]\n[y\nz]\n"
+    assert lp("-k", "echo", "{}", "::::", str(files)).stdout == b"one\ntwo\n"
+    assert lp("-k", "-a", str(files), "echo", "{}").stdout == b"one\ntwo\n"
+    assert (
+        lp("-k", "-0", "echo", stdin=b"x\0y\0").stdout
+        == gnu("-k", "-0", "echo", stdin=b"x\0y\0").stdout
+    )
+
+
+def test_dangerous_names_are_one_argument_and_run_nothing(tmp_path: Path) -> None:
+    pwned = tmp_path / "pwned"
+    name = f"a b;touch {pwned};$(touch {pwned})`touch {pwned}`"
+    proc = lp("-k", "printf", "'%s\\n'", ":::", name)
+    assert proc.stdout == name.encode() + b"\n"
+    assert not pwned.exists()
+
+
+def test_a_newline_in_a_value_stays_in_one_argument() -> None:
+    """Where GNU parallel splits it (and ``printf %q`` under dash broke on it)."""
+    proc = lp("-k", "printf", "'<%s>'", ":::", "a\nb")
+    assert proc.stdout == b"<a\nb>"
+
+
+def test_input_bytes_that_are_not_utf8_reach_the_command_exactly(tmp_path: Path) -> None:
+    proc = lp("-k", "printf", "%s", "{}", stdin=b"caf\xe9\xff\n", cwd=tmp_path)
+    assert proc.stdout == b"caf\xe9\xff"
+    proc = lp("-k", "--tag", "printf", "x", stdin=b"\xfe\n")
+    assert proc.stdout == b"\xfe\tx"
+
+
+def test_the_first_job_starts_before_stdin_ends() -> None:
+    with subprocess.Popen(
+        [PY, "-m", "leanpool", "parallel", "echo", "got {}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        start = time.monotonic()
+        proc.stdin.write(b"first\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"got first\n"  # stdin is still open
+        took = time.monotonic() - start
+        proc.stdin.write(b"second\n")
+        proc.stdin.close()
+        assert proc.stdout.read() == b"got second\n"
+        assert proc.wait(timeout=10) == 0
+    print(f"first output {took * 1000:.0f} ms after its line, stdin still open")
+
+
+def test_exit_status_counts_failures_as_gnu_parallel_does() -> None:
+    assert lp("exit {}", ":::", "0", "1", "2", "3").returncode == 3
+    many = [str(i % 2) for i in range(250)]
+    assert lp("-j", "8", "exit {}", ":::", *many).returncode == 101
+    halted = lp("-j", "1", "--halt", "now,fail=1", "exit {}", ":::", "0", "7", "0", "0")
+    assert halted.returncode == 7
+    assert (
+        halted.returncode
+        == gnu("-j", "1", "--halt", "now,fail=1", "exit {}", ":::", "0", "7", "0", "0").returncode
+    )
+
+
+def test_halt_on_success_and_on_a_percentage(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    proc = lp(
+        "-j", "1", "--halt", "soon,success=1", f"touch {ran}/{{}}; test {{}} = 2",
+        ":::", "1", "2", "3", "4",
+    )  # fmt: skip
+    assert proc.returncode == 0
+    assert sorted(p.name for p in ran.iterdir()) == ["1", "2"]
+    proc = lp("-j", "1", "--halt", "soon,fail=50%", "exit {}", ":::", "0", "1", "1", "0", "0", "0")
+    assert proc.returncode == 2  # stopped once 2 of 3 had failed
+
+
+def test_timeout_and_retries_as_total_tries(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = lp("--timeout", "0.3", "sleep {}", ":::", "30")
+    assert proc.returncode == 1
+    assert time.monotonic() - start < 10
+    counter = tmp_path / "count"
+    script = f"echo x >> {counter}; test $(wc -l < {counter}) -ge {{}}"
+    assert lp("--retries", "3", script, ":::", "3").returncode == 0
+    assert counter.read_text().count("x") == 3
+
+
+def test_joblog_resume_and_resume_failed(tmp_path: Path) -> None:
+    log = tmp_path / "night.jsonl"
+    fixed = tmp_path / "fixed"
+    command = f"test {{}} = ok || test -e {fixed}"
+    assert lp("--joblog", str(log), command, ":::", "ok", "bad").returncode == 1
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == [1, 2]
+    resumed = lp("--joblog", str(log), "--resume", command, ":::", "ok", "bad")
+    assert (resumed.returncode, resumed.stdout) == (1, b"")
+    fixed.touch()
+    again = lp("--joblog", str(log), "--resume-failed", command, ":::", "ok", "bad")
+    assert again.returncode == 0
+
+
+def test_json_prints_result_records() -> None:
+    proc = lp("-k", "--json", "echo", "{}", ":::", "a", "b")
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["id"], r["stdout"]) for r in records] == [(1, "a\n"), (2, "b\n")]
+
+
+def test_job_slots_are_never_shared_by_running_jobs() -> None:
+    proc = lp(
+        "-j", "3", "echo {%} $(date +%s%N); sleep 0.2; echo {%} $(date +%s%N)", ":::", *"abcdefg"
+    )
+    spans: dict[str, list[tuple[int, int]]] = {}
+    lines = proc.stdout.split()
+    for i in range(0, len(lines), 4):
+        slot, begin, _, end = lines[i : i + 4]
+        spans.setdefault(slot.decode(), []).append((int(begin), int(end)))
+    assert set(spans) <= {"1", "2", "3"}
+    for runs in spans.values():
+        runs.sort()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(runs))
+
+
+def test_jobs_option_forms() -> None:
+    for form in ("2", "50%", "+1", "-1", "0"):
+        assert lp("-j", form, "-k", "echo", ":::", "x").stdout == b"x\n", form
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "no command"),
+        (["-j", "x", "echo"], "-j takes"),
+        (["echo", "{3}", ":::", "a", ":::", "b"], "names input source 3"),
+        (["--halt", "later,fail=1", "echo"], "--halt takes"),
+        (["--resume", "echo"], "--resume needs --joblog"),
+    ],
+)
+def test_a_bad_command_line_is_one_clear_error(args: list[str], message: str) -> None:
+    proc = lp(*args)
+    assert proc.returncode == 255
+    assert proc.stdout == b""
+    assert message in proc.stderr.decode()
+
+
+def test_bar_draws_on_stderr() -> None:
+    proc = lp("--bar", "true", ":::", "a", "b", "c")
+    assert proc.returncode == 0
+    assert b"3/3" in proc.stderr or b"3it" in proc.stderr or b"3task" in proc.stderr
+
+
+def test_it_is_listed_in_the_cli_help() -> None:
+    out = subprocess.run([PY, "-m", "leanpool", "--help"], capture_output=True, timeout=30).stdout
+    assert b"parallel" in out
+    assert os.environ.get("PATH")
