@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Final, NoReturn
 
 from ._caller.calls import worker_config
 from ._caller.options import add_cli_options, cli_options
+from ._caller.output import write_record
 from ._caller.process import RunnerProcess
 from ._caller.progress import Progress
 from ._errors import JournalError, LeanpoolError, TaskFileError
@@ -185,7 +186,8 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
             "halt_rule": None,
             "slot_env": None,
             "workers": _worker_config(),
-            "spill_dir": None,
+            # Big outputs come as files and are streamed into the printed line.
+            "spill_dir": workdir,
         }
         runner = RunnerProcess(config, workdir, share_stderr=True)
         feeder = None
@@ -198,7 +200,7 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
         try:
             for event in runner.events():
                 if isinstance(event, ResultEvent):
-                    out.write(event.line)
+                    write_record(out, event.record, event.line)
                     out.flush()
                     if bar is not None:
                         bar.advance(ok=event.record["ok"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -235,3 +236,27 @@ def test_the_library_takes_bytes_in_an_argv() -> None:
     runner.add(1, ["printf", "%s", b"\xff\x00x"[:1] + b"name"])
     (result,) = runner.run()
     assert result.stdout_bytes == b"\xffname"
+
+
+def test_a_big_output_is_streamed_not_held(tmp_path: Path) -> None:
+    """Regression: one task writing 50 MB of random bytes made ``leanpool run`` peak at
+    1.29 GB (a 185 MB JSON line).  Its output now comes as a spill file, streamed into
+    the printed line: the CLI's own peak stays under 3 x the output."""
+    size = 20 << 20
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps({"id": 1, "cmd": f"head -c {size} /dev/urandom"}) + "\n")
+    probe = (
+        "import resource, sys\n"
+        "from leanpool._cli import main\n"
+        "status = main(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(status)\n"
+    )
+    proc = subprocess.run([PY, "-c", probe, "run", str(tasks)], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    peak_kib = int(proc.stderr.split()[-1])
+    (record,) = records(proc.stdout)
+    exact = base64.b64decode(record["stdout_b64"])  # type: ignore[arg-type]
+    assert len(exact) == size
+    print(f"CLI peak RSS {peak_kib / 1024:.0f} MiB for a {size >> 20} MiB output")
+    assert peak_kib * 1024 < 3 * size

@@ -24,6 +24,7 @@ import threading
 from typing import IO, TYPE_CHECKING, Final
 
 from .._caller.options import make_options
+from .._caller.output import write_record
 from .._caller.process import RunnerProcess
 from .._caller.progress import Progress
 from .._caller.result import result_from_record
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from .._caller.result import Result
     from .._protocol.config import RunnerConfig
-    from .._protocol.records import EndRecord
+    from .._protocol.records import EndRecord, ResultRecord
     from .syntax import Job
 
 __all__ = ["main"]
@@ -138,7 +139,7 @@ def _run(
                 "preload": [],
                 "report_rss": False,
             },
-            "spill_dir": None if job.json else workdir,
+            "spill_dir": workdir,
         }
         runner = RunnerProcess(config, workdir, share_stderr=True)
         feeder = _Feeder(template, items, spool_path, runner, keep_tags=job.tag)
@@ -247,13 +248,15 @@ class _Printer:
         self.last_failure = 0
 
     def result(self, event: ResultEvent) -> None:
-        result = result_from_record(event.record)
         self.feeder.release()
+        if self.job.json:
+            write_record(self.out, event.record, event.line)
+            result = result_from_record(_without_spills(event.record))
+        else:
+            result = result_from_record(event.record)
         tags = self.feeder.tags
         tag = tags.pop(result.id, b"") if tags is not None and isinstance(result.id, int) else b""
-        if self.job.json:
-            self.out.write(event.line)
-        else:
+        if not self.job.json:
             self._print(result, tag)
         if result.ok:
             self.succeeded += 1
@@ -288,6 +291,16 @@ class _Printer:
         if halted and halt is not None and not halt.on_failure:
             return 0  # it stopped because enough jobs succeeded
         return min(failures, _MOST_FAILURES)
+
+
+def _without_spills(record: ResultRecord) -> ResultRecord:
+    """The record with its spilled outputs left out (printed, and removed, already)."""
+    kept = record.copy()
+    if kept.pop("stdout_spill", None) is not None:
+        kept["stdout"] = ""
+    if kept.pop("stderr_spill", None) is not None:
+        kept["stderr"] = ""
+    return kept
 
 
 def _exit_code(result: Result) -> int:
