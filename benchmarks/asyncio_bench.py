@@ -103,8 +103,9 @@ def latency(n: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def throughput(n: int, cmd: str) -> dict[str, float]:
-    """Tasks per second of run() and arun() on the same tasks, run back to back."""
+def throughput(n: int, cmd: str, *, async_first: bool = False) -> dict[str, float]:
+    """Tasks per second of run() and arun() on the same tasks, run back to back (in
+    either order: the repeats alternate it)."""
 
     def build() -> leanpool.TaskRunner:
         runner = leanpool.TaskRunner(8)
@@ -112,16 +113,25 @@ def throughput(n: int, cmd: str) -> dict[str, float]:
             runner.add(i, cmd.format(i=i))
         return runner
 
-    start = time.perf_counter()
-    assert len(list(build().run())) == n
-    sync = n / (time.perf_counter() - start)
+    def sync_rate() -> float:
+        start = time.perf_counter()
+        assert len(list(build().run())) == n
+        return n / (time.perf_counter() - start)
 
     async def main() -> int:
         return len([r async for r in build().arun()])
 
-    start = time.perf_counter()
-    assert asyncio.run(main()) == n
-    asynchronous = n / (time.perf_counter() - start)
+    def async_rate() -> float:
+        start = time.perf_counter()
+        assert asyncio.run(main()) == n
+        return n / (time.perf_counter() - start)
+
+    if async_first:
+        asynchronous = async_rate()
+        sync = sync_rate()
+    else:
+        sync = sync_rate()
+        asynchronous = async_rate()
     return {"run()": sync, "arun()": asynchronous, "ratio": asynchronous / sync}
 
 
@@ -187,8 +197,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         one: dict[str, Any] = {
             "latency": latency(args.tasks),
-            "echo": throughput(args.tasks, "echo {i}"),
-            "sleep": throughput(args.tasks // 4, "sleep 0.01"),
+            "echo": throughput(args.tasks, "echo {i}", async_first=repeat % 2 == 1),
+            "sleep": throughput(args.tasks // 4, "sleep 0.01", async_first=repeat % 2 == 1),
             "cancel_s": cancel_time(),
         }
         rounds.append(one)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Final
@@ -50,6 +51,8 @@ class AsyncRunnerProcess(RunnerProcess):
         super().__init__(config, workdir)
         os.set_blocking(self._stdout_fd, False)
         self._pending: collections.deque[Event] = collections.deque()
+        self._readable: asyncio.Future[None] | None = None
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
 
     async def next_event(self) -> Event:
         """The runner's next event; ``Ended`` is the last.
@@ -78,6 +81,12 @@ class AsyncRunnerProcess(RunnerProcess):
         return event
 
     async def _read(self) -> bytes:
+        """The next bytes of the runner's stdout, waiting on the loop when none are there.
+
+        The descriptor stays registered with the loop while reads keep waiting (not one
+        ``add_reader`` per wait); when it is readable and nobody waits (the caller is
+        busy with a result), it is unregistered, so the loop does not spin on it.
+        """
         fd = self._stdout_fd
         while True:
             try:
@@ -85,12 +94,28 @@ class AsyncRunnerProcess(RunnerProcess):
             except BlockingIOError:
                 pass
             loop = asyncio.get_running_loop()
-            readable = loop.create_future()
-            loop.add_reader(fd, _settle, readable)
+            if self._reader_loop is not loop:
+                self._stop_reading()
+                loop.add_reader(fd, self._on_readable)
+                self._reader_loop = loop
+            self._readable = loop.create_future()
             try:
-                await readable
+                await self._readable
             finally:
-                loop.remove_reader(fd)
+                self._readable = None
+
+    def _on_readable(self) -> None:
+        readable = self._readable
+        if readable is None:
+            self._stop_reading()
+        elif not readable.done():
+            readable.set_result(None)
+
+    def _stop_reading(self) -> None:
+        if self._reader_loop is not None:
+            with contextlib.suppress(Exception):  # a loop closed meanwhile
+                self._reader_loop.remove_reader(self._stdout_fd)
+            self._reader_loop = None
 
     async def _await_exit(self, timeout: float) -> int | None:
         """The runner's exit status once it exits; None if it runs on past timeout."""
@@ -108,6 +133,7 @@ class AsyncRunnerProcess(RunnerProcess):
         Cancelled meanwhile, it waits no more: SIGKILL for the runner, then the sweep.
         """
         proc = self._proc
+        self._stop_reading()
         try:
             if proc.poll() is None:
                 self._ask_to_stop()
@@ -123,8 +149,3 @@ class AsyncRunnerProcess(RunnerProcess):
             raise
         finally:
             self._release()
-
-
-def _settle(readable: asyncio.Future[None]) -> None:
-    if not readable.done():
-        readable.set_result(None)
