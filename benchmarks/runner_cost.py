@@ -38,6 +38,8 @@ def _one_run(package_dir: str, tasks: str, n: int, parallel: int) -> tuple[float
         "ordered": False,
         "cleanup_dir": None,
         "spill_dir": None,
+        "halt_rule": None,
+        "slot_env": None,
         # Protocol 2 with calls needs it; older runners ignore it.
         "workers": {
             "executable": sys.executable,

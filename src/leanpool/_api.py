@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import binascii
 import contextlib
-import inspect
 import os
 import shutil
 import tempfile
@@ -21,7 +20,6 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, final
 
-from ._caller.aprocess import AsyncRunnerProcess
 from ._caller.calls import call_record, worker_config
 from ._caller.options import make_options
 from ._caller.process import RunnerProcess
@@ -304,6 +302,10 @@ class TaskRunner:
         return self._aresults(ordered, progress)
 
     async def _aresults(self, ordered: bool, progress: bool) -> AsyncGenerator[Result, None]:
+        # Imported here: asyncio is a third of leanpool's import time, and the CLI and
+        # the sync API never need it.
+        from ._caller.aprocess import AsyncRunnerProcess
+
         with self._run_state(ordered) as state:
             if state is None:
                 return
@@ -393,6 +395,8 @@ class TaskRunner:
     ) -> RunSummary:
         """``run_and_wait()`` for asyncio; ``callback`` may be a plain function or a
         coroutine function (it is awaited)."""
+        import inspect  # as asyncio above
+
         results = self.arun(ordered=ordered, progress=progress)
         async with contextlib.aclosing(results):
             completed = 0

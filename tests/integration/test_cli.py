@@ -245,11 +245,14 @@ def test_a_big_output_is_streamed_not_held(tmp_path: Path) -> None:
     size = 20 << 20
     tasks = tmp_path / "t.jsonl"
     tasks.write_text(json.dumps({"id": 1, "cmd": f"head -c {size} /dev/urandom"}) + "\n")
+    # VmHWM, not ru_maxrss: Linux carries the peak of the process that started us
+    # across exec into ru_maxrss (here, the test process's own), but not into VmHWM.
     probe = (
-        "import resource, sys\n"
+        "import sys\n"
         "from leanpool._cli import main\n"
         "status = main(sys.argv[1:])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(hwm.split()[1], file=sys.stderr)\n"
         "sys.exit(status)\n"
     )
     proc = subprocess.run([PY, "-c", probe, "run", str(tasks)], capture_output=True, timeout=120)

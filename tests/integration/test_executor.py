@@ -7,6 +7,8 @@ import concurrent.futures
 import itertools
 import os
 import signal
+import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from leanpool import Executor, TaskFailed
 from leanpool._errors import RemoteTraceback
-from tests.helpers import runner_pids, wait_for, wait_gone
+from tests.helpers import PY, runner_pids, wait_for, wait_gone
 from tests.integration import calls_funcs as funcs
 
 
@@ -182,3 +184,39 @@ def test_a_dropped_executor_ends_its_run() -> None:
     ex = Executor(max_workers=1)
     assert ex.submit(funcs.square, 2).result(timeout=30) == 4
     del ex  # the leak check (conftest) proves the runner and workers are gone
+
+
+FORKS = textwrap.dedent(
+    """
+    import os, sys
+    import leanpool
+    from tests.integration.calls_funcs import square
+    done = leanpool.Executor(1)
+    done.submit(square, 1).result()
+    done.shutdown()  # still referenced: its runner once stayed in the fork hook's list
+    live = leanpool.Executor(1)
+    live.submit(square, 2).result()
+    stdin_fd = live._session._runner._stdin.fileno()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.fstat(stdin_fd)
+        except OSError:
+            os._exit(0)  # closed in the child, as it must be
+        os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    live.shutdown()
+    print(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_fork_child_holds_no_runner_of_ours_whatever_was_shut_down() -> None:
+    """Regression: the at-fork hook raised ValueError on a shut-down executor's runner
+    and stopped, leaving a live runner's stdin open in the child (it would never see
+    EOF if the parent died)."""
+    proc = subprocess.run(
+        [PY, "-c", FORKS], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2]
+    )
+    assert proc.stdout == "0\n", proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -149,8 +149,8 @@ class RunnerProcess:
 
     def _drop_after_fork(self) -> None:
         for stream in (self._proc.stdin, self._proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
+            if stream is not None and not stream.closed:
+                with contextlib.suppress(OSError, ValueError):
                     os.close(stream.fileno())
 
     # -- control records -------------------------------------------------------------------
@@ -250,6 +250,7 @@ class RunnerProcess:
         """The runner has exited (or been killed): close our ends, reap it, log its
         stderr."""
         proc = self._proc
+        _live_runners.discard(self)  # a fork child has nothing of it to close any more
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):

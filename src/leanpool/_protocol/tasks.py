@@ -14,7 +14,6 @@ Standard library only: the lean runner imports this module.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import json
 import math
 from typing import TYPE_CHECKING, ClassVar, Final
@@ -162,6 +161,8 @@ class CallTask(Task):
 
 def task_digest(raw: bytes) -> str:
     """What identifies a task's line for a resume: a short hash of its bytes."""
+    import hashlib  # 2 ms of OpenSSL at start-up, for journal runs only
+
     return hashlib.blake2b(raw.rstrip(b"\r\n"), digest_size=8).hexdigest()
 
 
