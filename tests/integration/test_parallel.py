@@ -213,3 +213,46 @@ def test_it_is_listed_in_the_cli_help() -> None:
     out = subprocess.run([PY, "-m", "leanpool", "--help"], capture_output=True, timeout=30).stdout
     assert b"parallel" in out
     assert os.environ.get("PATH")
+
+
+def test_simple_templates_run_as_an_argv_and_others_through_the_shell() -> None:
+    """A template the shell would only split runs without a shell (one process per
+    job, as xargs); anything with shell syntax, a builtin or a keyword keeps the shell."""
+    from leanpool._parallel.template import Template
+
+    simple = Template(["sha256sum", "--tag", "{}", "{.}.sum"], sources=1, quote_words=False)
+    assert simple.simple
+    assert simple.argv(["a b;x"], 1) == ["sha256sum", "--tag", "a b;x", "a b;x.sum"]
+    appended = Template(["wc", "-c"], sources=2, quote_words=False)
+    assert appended.argv(["x", "y"], 1) == ["wc", "-c", "x", "y"]
+    spread = Template(["cat", "{}"], sources=2, quote_words=False)
+    assert spread.argv(["x", "y"], 1) == ["cat", "x", "y"]
+    for words in (
+        ["echo", "{}"],  # the shell's own echo is quicker than /bin/echo
+        ["gzip", "{}", ">", "out"],
+        ["gzip -9 {}"],
+        ["FOO=1", "env"],
+        ["exit", "{}"],
+        ["cat", "~/{}"],
+        ["cat", "$HOME"],
+        ["no-such-program-here", "{}"],
+    ):
+        assert not Template(words, sources=1, quote_words=False).simple, words
+    assert not Template(["cat", "x{}y"], sources=2, quote_words=False).simple
+    assert not Template(["cat", "{%}"], sources=1, quote_words=False).simple
+    assert not Template(["cat", "{}"], sources=1, quote_words=True).simple
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-k", "expr", "{}", "+", "1", ":::", "1", "2"],
+        ["-k", "expr", "{1}", "*", "{2}", ":::", "2", "3", ":::", "5", "7"],
+        ["-k", "basename", "{}", ".txt", ":::", "a/b.txt", "c d.txt"],
+        ["-k", "--tag", "wc", "-c", ":::", "/etc/hostname", "/etc/passwd"],
+    ],
+)
+def test_argv_jobs_print_what_gnu_parallel_prints(args: list[str]) -> None:
+    ours, theirs = lp(*args), gnu(*args)
+    assert ours.stdout == theirs.stdout, (ours.stderr, theirs.stderr)
+    assert ours.returncode == theirs.returncode

@@ -213,7 +213,11 @@ class _Feeder(threading.Thread):
                     seq += 1
                     if self.tags is not None:
                         self.tags[seq] = os.fsencode(" ".join(args))
-                    line = encode_line({"id": seq, "cmd": self._template.command(args, seq)})
+                    template = self._template
+                    cmd = (
+                        template.argv(args, seq) if template.simple else template.command(args, seq)
+                    )
+                    line = encode_line({"id": seq, "cmd": cmd})
                     spool.write(line)
                     offset += len(line)
                 spool.flush()
@@ -269,6 +273,8 @@ class _Printer:
             self.bar.advance(ok=result.ok)
 
     def _print(self, result: Result, tag: bytes) -> None:
+        if isinstance(result.error, str):  # it could not start: say why, as a shell would
+            _say(f"job {result.id}: {result.error}")
         for data, stream in ((result.stdout_bytes, self.out), (result.stderr_bytes, self.err)):
             if not data:
                 continue
