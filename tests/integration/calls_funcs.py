@@ -122,3 +122,14 @@ def unpicklable_value() -> object:
 def slow_square(x: int) -> int:
     time.sleep(0.05)
     return x * x
+
+
+def ignore_term_with_child(marker: str, pid_file: str) -> None:
+    """Ignores SIGTERM itself; its child notes the SIGTERM it gets in marker."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(
+        ["sh", "-c", f"trap 'touch {marker}; exit 0' TERM; sleep 30 & wait"],
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )
+    Path(pid_file).write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(30)

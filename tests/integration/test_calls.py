@@ -308,6 +308,43 @@ def test_a_call_that_ignores_sigterm_gets_sigkill(tmp_path: Path) -> None:
     wait_gone([int(pid_file.read_text())], 2.0)
 
 
+def test_a_timeout_signals_what_the_call_started_at_once(tmp_path: Path) -> None:
+    """The timeout's SIGTERM goes to the worker's whole group: a child of the call gets it
+    when the timeout fires, not only after the worker's own SIGKILL a grace later."""
+    marker = tmp_path / "child-got-term"
+    pid_file = tmp_path / "pids"
+    runner = TaskRunner(1, timeout=0.3, kill_grace=3)
+    runner.add_call("stubborn", funcs.ignore_term_with_child, (str(marker), str(pid_file)))
+    start = time.time()
+    (result,) = runner.run()
+    assert result.timed_out
+    assert result.signal == "SIGKILL"  # the worker ignored SIGTERM
+    assert marker.exists()
+    assert marker.stat().st_mtime - start < 2.0, "the child got SIGTERM only with the SIGKILL"
+    wait_gone(list(map(int, pid_file.read_text().split())), 2.0)
+
+
+def test_a_worker_that_dies_while_starting_ends_the_run_with_one_error(tmp_path: Path) -> None:
+    """Not only a preload that raises: one that kills its process (a crashing C
+    extension, os._exit) must not start worker after worker either."""
+    starts = tmp_path / "starts"
+    (tmp_path / "dyingpreload.py").write_text(
+        f"import os\nopen({str(starts)!r}, 'a').write('x')\nos._exit(5)\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        runner = TaskRunner(2, preload=["dyingpreload"])
+        for i in range(6):
+            runner.add_call(i, funcs.square, (i,))
+        with pytest.raises(RunnerError, match="exited with status 5 before it was ready"):
+            list(runner.run())
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert len(starts.read_text()) <= 2
+
+
 def test_the_timeout_starts_when_the_worker_is_ready(tmp_path: Path) -> None:
     """A slow preload is not charged to the calls: each would time out otherwise."""
     (tmp_path / "slowpreload.py").write_text("import time\ntime.sleep(1.0)\n")
