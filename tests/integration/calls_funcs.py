@@ -133,3 +133,9 @@ def ignore_term_with_child(marker: str, pid_file: str) -> None:
     )
     Path(pid_file).write_text(f"{os.getpid()} {child.pid}")
     time.sleep(30)
+
+
+def leave_child(pid_file: str) -> None:
+    """Starts a child that outlives the call, and returns."""
+    child = subprocess.Popen(["sleep", "60"])
+    Path(pid_file).write_text(str(child.pid))

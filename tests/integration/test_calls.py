@@ -78,10 +78,15 @@ def test_workers_are_started_by_the_runner_not_forked_from_the_caller() -> None:
     assert results["pid"].value != os.getpid()
 
 
-def test_each_call_gets_exactly_what_it_printed_at_every_level() -> None:
+def test_each_call_gets_exactly_what_it_printed_at_every_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Python's buffered streams, raw writes to fd 1 and 2, and C stdio: all flushed by
     the worker after the call, all attributed to that call, one worker running each
     call in turn."""
+    # Buffered for real: with PYTHONUNBUFFERED (set on some machines) neither Python's
+    # streams nor C stdio would hold anything back, and the flushes would go untested.
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
     runner = TaskRunner(1)
     for tag in ("a", "b", "c"):
         runner.add_call(tag, funcs.talk, (tag,))
@@ -92,9 +97,10 @@ def test_each_call_gets_exactly_what_it_printed_at_every_level() -> None:
         assert result.stderr == f"py-err {tag}\n"
 
 
-def test_hundreds_of_calls_each_keep_their_output() -> None:
+def test_hundreds_of_calls_each_keep_their_output(monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: when the worker's reply was read before its output in one epoll
     batch, the output was drained after the call was let go of, and dropped."""
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # as in the test above
     runner = TaskRunner(2, max_tasks_per_worker=50)  # fresh workers now and then, too
     for i in range(300):
         runner.add_call(i, funcs.talk, (str(i),))
@@ -343,6 +349,20 @@ def test_a_worker_that_dies_while_starting_ends_the_run_with_one_error(tmp_path:
     finally:
         sys.path.remove(str(tmp_path))
     assert len(starts.read_text()) <= 2
+
+
+def test_what_a_call_leaves_running_goes_with_its_worker_at_the_end(tmp_path: Path) -> None:
+    """A call that returns and leaves a child behind: at the run's end the worker's group
+    is killed, child and all (an idle worker exits on EOF by itself, its child would
+    not)."""
+    pid_file = tmp_path / "pid"
+    runner = TaskRunner(1)
+    runner.add_call("leaves", funcs.leave_child, (str(pid_file),))
+    start = time.monotonic()
+    (result,) = runner.run()
+    assert result.ok
+    assert time.monotonic() - start < 1.5  # the workers' end is not a wait on a deadline
+    wait_gone([int(pid_file.read_text())], 2.0)
 
 
 def test_the_timeout_starts_when_the_worker_is_ready(tmp_path: Path) -> None:
