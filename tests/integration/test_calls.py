@@ -472,6 +472,7 @@ def test_cancel_kills_a_running_call_and_skips_a_waiting_one(tmp_path: Path) -> 
     assert time.monotonic() - start < 3
     assert results["running"].cancelled
     assert not results["running"].ok
+    assert results["running"].signal == "SIGTERM"  # at once: the SIGKILL is only a backstop
     assert results["waiting"].cancelled
     assert results["waiting"].value is None
     assert results["last"].value == 9
