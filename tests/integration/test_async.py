@@ -252,8 +252,9 @@ def test_timeouts_and_failing_task_groups_cancel_and_kill(tmp_path: Path, how: s
 
 
 def test_a_second_cancel_during_cleanup_kills_at_once(tmp_path: Path) -> None:
-    """Tasks that ignore SIGTERM make the cleanup wait for the grace; cancelled again
-    meanwhile, it waits no more: the runner is SIGKILLed and the run swept."""
+    """The cleanup waits for the runner to stop its tasks (up to 1.5 s); cancelled
+    again meanwhile, it waits no more: the runner is SIGKILLed and the run swept.  The
+    runner is frozen here (SIGSTOP), so that only the second cancel can end the wait."""
 
     async def main() -> float:
         runner = TaskRunner(2)
@@ -267,8 +268,11 @@ def test_a_second_cancel_during_cleanup_kills_at_once(tmp_path: Path) -> None:
         task = asyncio.ensure_future(consume())
         while len(pids_in(tmp_path)) < 4:
             await asyncio.sleep(0.01)
+        (runner_pid,) = runner_pids()
         task.cancel()
-        await asyncio.sleep(0.1)  # the cleanup is waiting for the runner now
+        await asyncio.sleep(0.05)  # the cleanup is waiting for the runner now
+        os.kill(runner_pid, signal.SIGSTOP)
+        await asyncio.sleep(0.05)
         start = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
