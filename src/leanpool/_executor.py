@@ -241,16 +241,15 @@ class _Session:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
+        with self._lock:  # before anything is written for it
+            self._check_open()
         task_id = next(self._ids)
         record = call_record(task_id, fn, args, kwargs, None, lambda: self._payload_path(task_id))
         if "pickle_file" in record:
             self._big.add(task_id)
         future: Future[Any] = Future(self, task_id)
         with self._lock:
-            if self._closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._broken is not None:
-                raise concurrent.futures.BrokenExecutor(self._broken)
+            self._check_open()
             if self._runner is None:
                 self._start()
             assert self._spool is not None
@@ -260,6 +259,12 @@ class _Session:
             self._announced = self._spool.flush()
             self._runner.more(self._announced)
         return future
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._broken is not None:
+            raise concurrent.futures.BrokenExecutor(self._broken)
 
     def _payload_path(self, task_id: int) -> str:
         with self._lock:
@@ -343,8 +348,10 @@ class _Session:
             runner.close()
             if self._spool is not None:
                 self._spool.discard()
-            if self._workdir is not None:
-                shutil.rmtree(self._workdir, ignore_errors=True)
+            with self._lock:
+                workdir, self._workdir = self._workdir, None
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
             _live_sessions.discard(self)
 
     def _resolve(self, result: Result) -> None:
@@ -358,10 +365,13 @@ class _Session:
             future = self.futures.pop(task_id, None)
         if future is None or future.done():
             return  # cancelled: its future says so already
-        if result.ok:
-            future.set_result(result.value)
-        else:
-            future.set_exception(_exception_of(result))
+        outcome = None if result.ok else _exception_of(result)
+        # A cancel() from another thread may still come first: then it is cancelled.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if outcome is None:
+                future.set_result(result.value)
+            else:
+                future.set_exception(outcome)
 
 
 def _exception_of(result: Result) -> BaseException:

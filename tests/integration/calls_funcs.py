@@ -139,3 +139,13 @@ def leave_child(pid_file: str) -> None:
     """Starts a child that outlives the call, and returns."""
     child = subprocess.Popen(["sleep", "60"])
     Path(pid_file).write_text(str(child.pid))
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def garble_reply_pipe() -> None:
+    """Writes on the worker's reply descriptor, which a call must never do."""
+    os.write(4, b"not json\n")

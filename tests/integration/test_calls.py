@@ -365,6 +365,28 @@ def test_what_a_call_leaves_running_goes_with_its_worker_at_the_end(tmp_path: Pa
     wait_gone([int(pid_file.read_text())], 2.0)
 
 
+def test_a_call_that_ends_as_its_timeout_fires_does_not_take_the_next_one_along() -> None:
+    """Regression: a worker whose reply came just as its timeout's SIGTERM went out was
+    put back as idle; the next call went to it, and died with it (about 2 in 100)."""
+    runner = TaskRunner(1)
+    for i in range(100):
+        runner.add_call(f"nap{i}", funcs.nap, (0.0495,), timeout=0.05)
+        runner.add_call(i, funcs.square, (i,))
+    innocent = [r for r in runner.run() if isinstance(r.id, int)]
+    assert [r.id for r in innocent if not r.ok] == []
+    assert len(innocent) == 100
+
+
+def test_a_call_that_garbles_the_reply_pipe_fails_alone() -> None:
+    runner = TaskRunner(1)
+    runner.add_call("bad", funcs.garble_reply_pipe)
+    for i in range(3):
+        runner.add_call(i, funcs.square, (i,))
+    results = results_of(runner)
+    assert "not a reply" in call_error(results.pop("bad"))["message"]
+    assert {k: r.value for k, r in results.items()} == {0: 0, 1: 1, 2: 4}
+
+
 def test_the_timeout_starts_when_the_worker_is_ready(tmp_path: Path) -> None:
     """A slow preload is not charged to the calls: each would time out otherwise."""
     (tmp_path / "slowpreload.py").write_text("import time\ntime.sleep(1.0)\n")

@@ -138,6 +138,21 @@ def test_big_arguments_and_values() -> None:
         assert ex.submit(funcs.big, 3 << 20).result(timeout=30) == funcs.big(3 << 20)
 
 
+def test_a_submit_after_shutdown_writes_nothing() -> None:
+    """Big arguments go to a file: after shutdown, none is written (the fixtures prove
+    the temporary directory gone), and the error is the documented one."""
+    data = funcs.big(1 << 20)
+    unused = Executor(max_workers=1)
+    unused.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        unused.submit(len, data)
+    used = Executor(max_workers=1)
+    assert used.submit(len, data).result(timeout=30) == len(data)
+    used.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        used.submit(len, data)
+
+
 def test_works_with_run_in_executor() -> None:
     async def main(ex: Executor) -> list[int]:
         loop = asyncio.get_running_loop()

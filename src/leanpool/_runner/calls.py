@@ -140,6 +140,8 @@ class CallChild(CapturingChild):
         self.status = status
         if not self.timed_out and not self.cancelled and not self.abandoned:
             how = f"signal {signal_name(-status)}" if status < 0 else f"exit status {status}"
+            if self.worker.bad_reply:
+                how = "killed: it wrote something that is not a reply on its reply pipe"
             self.fields = {
                 "error": {
                     "type": "WorkerCrashed",
@@ -165,6 +167,7 @@ class Worker:
     """
 
     __slots__ = (
+        "bad_reply",
         "boot_log",
         "call_fd",
         "calls",
@@ -194,6 +197,7 @@ class Worker:
         self.retired = False
         self.gone = False
         self.killed = False
+        self.bad_reply = False
         self.child: CallChild | None = None
         self.pending: memoryview | None = None
         self.replies = bytearray()
@@ -251,6 +255,8 @@ class Worker:
         if not data:
             self._close("reply_fd")
             return False
+        if self.bad_reply:
+            return True  # read and dropped: nothing it writes is trusted; its exit is coming
         replies = self.replies
         start = len(replies)
         replies += data
@@ -261,7 +267,16 @@ class Worker:
             line = bytes(replies[: end + 1])
             del replies[: end + 1]
             start = 0
-            self._on_reply(self.pool.decode(line))
+            try:
+                reply = self.pool.decode(line)
+            except ValueError:
+                # Not a reply: the call wrote on the worker's reply descriptor.  The worker
+                # cannot be trusted; its death fails the call it ran, and the run goes on.
+                replies.clear()
+                self.bad_reply = True
+                self.retire()
+                break
+            self._on_reply(reply)
         return True
 
     def _on_reply(self, reply: dict[str, object]) -> None:
@@ -287,7 +302,9 @@ class Worker:
         self.child = None
         self.calls += 1
         child.replied(reply)
-        if self.pool.retire_after(self, reply):
+        # A worker we signalled (a timeout or cancel that came as the call ended) is
+        # dying: never give it another call.
+        if self.killed or self.pool.retire_after(self, reply):
             self.retire()
         else:
             self.pool.idle.append(self)
@@ -346,8 +363,8 @@ class Worker:
         """The worker process is reaped: fail the call it ran, let go of everything."""
         if self.gone:
             return
-        while self.reply_fd >= 0 and self._read_replies():  # a reply written as it died
-            pass
+        while self.reply_fd >= 0 and not self.bad_reply and self._read_replies():
+            pass  # a reply written as it died counts; none from a worker that broke the wire
         for fd in (self.out_fd, self.err_fd):
             if fd >= 0:
                 self._drain(fd)
@@ -429,7 +446,7 @@ class WorkerPool:
         idle = self.idle
         while idle:
             worker = idle.pop()
-            if not (worker.gone or worker.retired):
+            if not (worker.gone or worker.retired or worker.killed):
                 return worker
         return self._start()
 
@@ -458,16 +475,27 @@ class WorkerPool:
             raise
         for fd in theirs:
             os.close(fd)
-        for fd in (call_w, reply_r, out_r, err_r):
+        ours = (call_w, reply_r, out_r, err_r)
+        exit_fd = -1
+        if host.pidfds:
+            try:
+                exit_fd = open_pidfd(pid)
+            except OSError:  # out of descriptors: a worker we could not watch is no use
+                signal_group(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                for fd in ours:
+                    os.close(fd)
+                raise
+        for fd in ours:
             os.set_blocking(fd, False)
-        worker = Worker(self, pid, (call_w, reply_r, out_r, err_r))
+        worker = Worker(self, pid, ours)
+        worker.exit_fd = exit_fd
         self.workers[pid] = worker
         host.watch(reply_r, EPOLLIN, worker)
         host.watch(out_r, EPOLLIN, worker)
         host.watch(err_r, EPOLLIN, worker)
-        if host.pidfds:
-            worker.exit_fd = open_pidfd(pid)
-            host.watch(worker.exit_fd, EPOLLIN, worker)
+        if exit_fd >= 0:
+            host.watch(exit_fd, EPOLLIN, worker)
         return worker
 
     def retire_after(self, worker: Worker, reply: dict[str, object]) -> bool:
