@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from leanpool import Executor, TaskFailed
+from leanpool import Executor, Result, TaskFailed
 from leanpool._errors import RemoteTraceback
 from tests.helpers import PY, runner_pids, wait_for, wait_gone
 from tests.integration import calls_funcs as funcs
@@ -151,6 +152,31 @@ def test_a_submit_after_shutdown_writes_nothing() -> None:
     used.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         used.submit(len, data)
+
+
+def test_a_cancel_racing_the_collector_leaves_the_executor_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: a cancel() landing between the collector's done() check and its
+    set_exception() broke the whole Executor (InvalidStateError in its thread).  The
+    window is widened here by slowing the collector's own step, not the OS."""
+    import leanpool._executor as executor_module
+
+    real = executor_module._exception_of
+    entered = threading.Event()
+
+    def slow(result: Result) -> BaseException:
+        entered.set()
+        time.sleep(0.3)
+        return real(result)
+
+    monkeypatch.setattr(executor_module, "_exception_of", slow)
+    with Executor(max_workers=1) as ex:
+        future = ex.submit(funcs.raise_value, "x")
+        assert entered.wait(30)
+        assert future.cancel()  # the collector is between its check and its set
+        time.sleep(0.5)
+        assert ex.submit(funcs.square, 3).result(timeout=30) == 9
 
 
 def test_works_with_run_in_executor() -> None:
