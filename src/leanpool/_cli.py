@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Final, NoReturn
 
 from ._caller.calls import worker_config
 from ._caller.options import add_cli_options, cli_options
-from ._caller.output import write_record
+from ._caller.output import silence_stdout, write_record
 from ._caller.process import RunnerProcess
 from ._caller.progress import Progress
 from ._errors import JournalError, LeanpoolError, TaskFileError
@@ -271,9 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader of our stdout went away (``| head``): stop quietly, as cat does.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        silence_stdout(out)
         return EXIT_FAILED
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK

@@ -256,3 +256,15 @@ def test_argv_jobs_print_what_gnu_parallel_prints(args: list[str]) -> None:
     ours, theirs = lp(*args), gnu(*args)
     assert ours.stdout == theirs.stdout, (ours.stderr, theirs.stderr)
     assert ours.returncode == theirs.returncode
+
+
+def test_a_reader_that_goes_away_stops_it_quietly() -> None:
+    """Regression: ``| head`` made it print "error: Broken pipe" (the OSError handler
+    came before the BrokenPipeError one)."""
+    proc = subprocess.run(
+        ["sh", "-c", f"seq 3000 | {PY} -m leanpool parallel echo | head -1"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.stdout == b"1\n"
+    assert proc.stderr == b""

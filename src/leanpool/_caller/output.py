@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import contextlib
 import json
 import os
 from typing import IO, TYPE_CHECKING, Final
@@ -18,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from .._protocol.records import ResultRecord
 
-__all__ = ["write_record"]
+__all__ = ["silence_stdout", "write_record"]
 
 _CHUNK: Final = 3 << 18
 """Bytes read from a spill file at a time (a multiple of 3, so base64 chunks join)."""
@@ -49,6 +50,13 @@ def write_record(out: IO[bytes], record: ResultRecord, line: bytes) -> None:
                 _encode(key).encode() + b":" + _encode(value).encode("utf-8", "surrogatepass")
             )
     out.write(b"}\n")
+
+
+def silence_stdout(out: IO[bytes]) -> None:
+    """The reader of our stdout went away (``| head``): send the rest nowhere, so that
+    we stop quietly, as cat does, with no traceback from the interpreter's last flush."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
 
 
 def _stream_output(out: IO[bytes], name: str, path: str) -> None:

@@ -15,7 +15,6 @@ or input that cannot be run.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -24,7 +23,7 @@ import threading
 from typing import IO, TYPE_CHECKING, Final
 
 from .._caller.options import make_options
-from .._caller.output import write_record
+from .._caller.output import silence_stdout, write_record
 from .._caller.process import RunnerProcess
 from .._caller.progress import Progress
 from .._caller.result import result_from_record
@@ -75,6 +74,9 @@ def main(argv: Sequence[str]) -> int:
         if job.dry_run:
             return _dry_run(template, items, out)
         return _run(job, template, items, out)
+    except BrokenPipeError:  # before OSError, of which it is one
+        silence_stdout(out)
+        return EXIT_ERROR
     except OSError as exc:
         _say(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         return EXIT_ERROR
@@ -84,10 +86,6 @@ def main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-        return EXIT_ERROR
 
 
 def _dry_run(template: Template, items: Iterator[tuple[str, ...] | None], out: IO[bytes]) -> int:
