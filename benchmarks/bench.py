@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -59,26 +58,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from srcpath import use_source_dir  # benchmarks/srcpath.py, beside this file
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
 
-def _source_dir(argv: list[str]) -> str | None:
-    """The --src option, read before argparse runs: it decides which leanpool is imported,
-    so that a long run measures one fixed copy of the code while the checkout changes."""
-    for i, arg in enumerate(argv):
-        if arg == "--src" and i + 1 < len(argv):
-            return os.path.abspath(argv[i + 1])
-        if arg.startswith("--src="):
-            return os.path.abspath(arg.split("=", 1)[1])
-    return None
-
-
-SOURCE_DIR: Final = _source_dir(sys.argv)
-if SOURCE_DIR is not None:
-    sys.path.insert(0, SOURCE_DIR)
-elif importlib.util.find_spec("leanpool") is None:  # a bare checkout: use its source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+SOURCE_DIR: Final = use_source_dir(sys.argv)
 # leanpool itself is imported by main() (machine_info), before anything is timed, and not
 # here: --selfcheck and --report work whatever state the package is in.
 

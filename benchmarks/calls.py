@@ -49,7 +49,6 @@ import contextlib
 import faulthandler
 import functools
 import hashlib
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -67,27 +66,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from srcpath import use_source_dir  # benchmarks/srcpath.py, beside this file
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
 
-def _source_dir(argv: list[str]) -> str | None:
-    """The --src option, read before argparse runs: it decides which leanpool is imported
-    (and so which runner and workers start), so that a long run measures one fixed copy
-    of the code while the checkout changes (as ``bench.py --src``)."""
-    for i, arg in enumerate(argv):
-        if arg == "--src" and i + 1 < len(argv):
-            return os.path.abspath(argv[i + 1])
-        if arg.startswith("--src="):
-            return os.path.abspath(arg.split("=", 1)[1])
-    return None
-
-
-SOURCE_DIR: Final = _source_dir(sys.argv)
-if SOURCE_DIR is not None:
-    sys.path.insert(0, SOURCE_DIR)
-elif importlib.util.find_spec("leanpool") is None:  # a bare checkout: use its source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+SOURCE_DIR: Final = use_source_dir(sys.argv)
 # leanpool and the other pools are imported where they are used: a worker that imports
 # this file to find its functions (spawn, forkserver, leanpool) pays for none of them.
 
