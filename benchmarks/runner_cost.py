@@ -37,6 +37,7 @@ def _one_run(package_dir: str, tasks: str, n: int, parallel: int) -> tuple[float
         "input": {"path": tasks, "format": "jsonl", "stream": False},
         "ordered": False,
         "cleanup_dir": None,
+        "cluster": None,
         "spill_dir": None,
         "halt_rule": None,
         "slot_env": None,

@@ -9,6 +9,7 @@ depend on how much memory the caller holds.  See ``TaskRunner``, ``run_tasks`` a
 from ._api import TaskRunner as TaskRunner, arun_tasks as arun_tasks, run_tasks as run_tasks
 from ._caller.result import Result as Result, RunSummary as RunSummary
 from ._errors import (
+    ClusterError as ClusterError,
     JournalError as JournalError,
     LeanpoolError as LeanpoolError,
     ProtocolError as ProtocolError,
@@ -20,6 +21,7 @@ from ._errors import (
 from ._executor import Executor as Executor
 
 __all__ = [
+    "ClusterError",
     "Executor",
     "JournalError",
     "LeanpoolError",

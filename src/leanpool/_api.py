@@ -25,6 +25,7 @@ from ._caller.options import make_options
 from ._caller.process import RunnerProcess
 from ._caller.progress import Progress
 from ._caller.result import Result, RunSummary, result_from_record
+from ._cluster.connect import cluster_config
 from ._errors import ProtocolError, RunnerError
 from ._protocol.reader import Ended, Idle, ResultEvent, Skipped
 from ._protocol.spool import SpoolWriter
@@ -80,6 +81,11 @@ class TaskRunner:
             instead of returned output), ``retries`` and ``retry_delay``, ``halt`` and
             ``halt_now`` (stop after that many failures), ``journal`` (a durable JSONL
             file of results) and ``resume`` (skip what the journal holds).
+        cluster: run on a Dask cluster rather than on this machine: a scheduler's
+            address (``"tcp://host:8786"``), ``"local:N"`` (a LocalCluster of N
+            workers, for trying it) or a ``distributed.Client`` (its scheduler is
+            used).  Needs ``pip install 'leanpool[dask]'``; ``parallel`` is then the
+            tasks each worker thread runs at once (default: the worker's choice).
 
     Raises:
         TypeError, ValueError: an option is unknown, of the wrong kind or out of range.
@@ -90,9 +96,11 @@ class TaskRunner:
         parallel: int | None = None,
         *,
         tmpdir: str | os.PathLike[str] | None = None,
+        cluster: str | Any = None,
         **options: Unpack[KeywordOptions],
     ) -> None:
         self._options = make_options(parallel=parallel, **options)
+        self._cluster = cluster_config(cluster, parallel)
         self._tmpdir = None if tmpdir is None else os.fspath(tmpdir)
         self._workdir: str | None = None
         self._spool: SpoolWriter | None = None
@@ -349,6 +357,7 @@ class TaskRunner:
                 "halt_rule": None,
                 "slot_env": None,
                 "workers": worker_config(),
+                "cluster": self._cluster,
                 "spill_dir": workdir,
             }
             state = _RunState(self, spool, workdir, config)

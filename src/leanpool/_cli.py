@@ -26,6 +26,7 @@ from ._caller.options import add_cli_options, cli_options
 from ._caller.output import silence_stdout, write_record
 from ._caller.process import RunnerProcess
 from ._caller.progress import Progress
+from ._cluster.connect import cluster_config
 from ._errors import JournalError, LeanpoolError, TaskFileError
 from ._protocol.reader import Ended, ResultEvent, Skipped, Started
 from ._protocol.spool import SPOOL_NAME
@@ -84,6 +85,12 @@ def _parser() -> _Parser:
         help="FILE holds one shell command per line (id: line number)",
     )
     run.add_argument("--ordered", action="store_true", help="print results in task order")
+    run.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on a Dask cluster: a scheduler address (tcp://host:8786), or local:N "
+        "for a LocalCluster of N workers on this machine (pip install 'leanpool[dask]')",
+    )
     add_cli_options(run)
     progress = run.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None)
@@ -167,6 +174,7 @@ class _Feeder(threading.Thread):
 
 def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
     options = cli_options(args)
+    cluster = cluster_config(args.cluster, args.parallel)
     task_format: TaskFormat = "lines" if args.lines else "jsonl"
     source = _open_task_file(args.file)
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -186,6 +194,7 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
             "halt_rule": None,
             "slot_env": None,
             "workers": _worker_config(),
+            "cluster": cluster,
             # Big outputs come as files and are streamed into the printed line.
             "spill_dir": workdir,
         }

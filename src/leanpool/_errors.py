@@ -90,6 +90,9 @@ class RunnerError(LeanpoolError):
         completed: how many results the caller had received when it happened.
     """
 
+    fatal_kind: str | None = None
+    """The runner's fatal error kind (``worker``, ``runner``, ...) when it said one."""
+
     def __init__(self, message: str, *, completed: int = 0) -> None:
         self.message = message
         self.completed = completed
@@ -97,6 +100,12 @@ class RunnerError(LeanpoolError):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.completed} task(s) had finished)"
+
+
+class ClusterError(RunnerError):
+    """A run on a Dask cluster could not go on: the scheduler did not answer or went
+    away, or a worker cannot run leanpool's batches (leanpool missing there, or of
+    another protocol version).  The journal holds every result received before it."""
 
 
 def describe_exit(returncode: int) -> str:

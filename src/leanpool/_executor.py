@@ -287,6 +287,7 @@ class _Session:
             "halt_rule": None,
             "slot_env": None,
             "workers": worker_config(),
+            "cluster": None,
             "spill_dir": workdir,
         }
         self._runner = RunnerProcess(config, workdir)

@@ -177,6 +177,7 @@ def test_the_runner_refuses_a_caller_that_breaks_the_control_protocol(tmp_path: 
         "input": {"path": str(spool), "format": "jsonl", "stream": True},
         "ordered": False,
         "cleanup_dir": None,
+        "cluster": None,
         "spill_dir": None,
     }
     proc = subprocess.run(

@@ -164,9 +164,9 @@ def test_a_fatal_record_ends_the_stream() -> None:
     [
         (b"not json\n", "not JSON"),
         (b"[1, 2]\n", "not an object"),
-        (b'{"leanpool": "start", "protocol": 1}\n', "protocol 1, expected 3"),
-        (b'{"leanpool": "bogus", "protocol": 3}\n', "unknown record 'bogus'"),
-        (b'{"leanpool": "idle", "protocol": 3}\n', "idle without an offset"),
+        (b'{"leanpool": "start", "protocol": 1}\n', "protocol 1, expected 4"),
+        (b'{"leanpool": "bogus", "protocol": 4}\n', "unknown record 'bogus'"),
+        (b'{"leanpool": "idle", "protocol": 4}\n', "idle without an offset"),
         (b'{"id": 1, "status": "0", "ok": true, "duration": 0}\n', "bad or missing 'status'"),
         (b'{"id": true, "status": 0, "ok": true, "duration": 0}\n', "bad 'id'"),
         (b'{"status": 0, "ok": true, "duration": 0}\n', "bad or missing 'id'"),

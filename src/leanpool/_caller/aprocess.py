@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from .._protocol.reader import Ended, Fatal
-from .process import SHUTDOWN_WAIT_S, RunnerProcess, fatal_error
+from .process import RunnerProcess, fatal_error
 from .sweep import sweep_run
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class AsyncRunnerProcess(RunnerProcess):
         while not self._pending:
             data = await self._read()
             if not data:
-                returncode = await self._await_exit(SHUTDOWN_WAIT_S)
+                returncode = await self._await_exit(self.shutdown_wait)
                 await asyncio.get_running_loop().run_in_executor(None, sweep_run, self.token)
                 self.reader.close(returncode, self.stderr_tail())  # raises RunnerCrashed
                 raise AssertionError("close() at EOF raises")  # pragma: no cover
@@ -74,9 +74,9 @@ class AsyncRunnerProcess(RunnerProcess):
         event = self._pending.popleft()
         if isinstance(event, Ended):
             self.end = event.record
-            await self._await_exit(SHUTDOWN_WAIT_S)
+            await self._await_exit(self.shutdown_wait)
         elif isinstance(event, Fatal):
-            await self._await_exit(SHUTDOWN_WAIT_S)
+            await self._await_exit(self.shutdown_wait)
             raise fatal_error(event.record, self.reader.completed)
         return event
 
@@ -137,9 +137,9 @@ class AsyncRunnerProcess(RunnerProcess):
         try:
             if proc.poll() is None:
                 self._ask_to_stop()
-                if await self._await_exit(SHUTDOWN_WAIT_S) is None:
+                if await self._await_exit(self.shutdown_wait) is None:
                     proc.kill()
-                    await self._await_exit(SHUTDOWN_WAIT_S)
+                    await self._await_exit(self.shutdown_wait)
                     await asyncio.get_running_loop().run_in_executor(None, sweep_run, self.token)
         except BaseException:
             # Cancelled (or the loop is going away) while cleaning up: no more waiting.

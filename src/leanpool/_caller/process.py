@@ -27,7 +27,7 @@ import sys
 import weakref
 from typing import IO, TYPE_CHECKING, Final
 
-from .._errors import JournalError, LeanpoolError, RunnerError, TaskFileError
+from .._errors import ClusterError, JournalError, LeanpoolError, RunnerError, TaskFileError
 from .._protocol.reader import Ended, Fatal, RecordReader
 from .._protocol.records import RUN_TOKEN_ENV, encode_line
 from .sweep import sweep_run
@@ -42,15 +42,27 @@ if TYPE_CHECKING:
         EndInputRecord,
         EndRecord,
         FatalRecord,
+        HaltRecord,
         MoreRecord,
         StopRecord,
     )
 
-__all__ = ["SHUTDOWN_WAIT_S", "RunnerProcess", "fatal_error", "runner_command"]
+__all__ = [
+    "CLUSTER_SHUTDOWN_WAIT_S",
+    "SHUTDOWN_WAIT_S",
+    "RunnerProcess",
+    "fatal_error",
+    "runner_command",
+]
 
 SHUTDOWN_WAIT_S: Final = 1.5
 """Seconds the caller waits for a runner it asked to stop before it SIGKILLs it: the
 runner's own grace for tasks (0.5 s) plus reaping, with room to spare."""
+
+CLUSTER_SHUTDOWN_WAIT_S: Final = 6.0
+"""The same for the cluster driver: it stops the batches on the workers (their runners
+take ``SHUTDOWN_WAIT_S``), collects what they finished, and may have a LocalCluster of
+its own to close."""
 
 _STDERR_TAIL: Final = 4000
 """Bytes of the runner's stderr kept for a RunnerCrashed message."""
@@ -68,10 +80,20 @@ BOOTSTRAP: Final = (
 _logger = logging.getLogger("leanpool")
 
 
+DRIVER_BOOTSTRAP: Final = BOOTSTRAP.replace("leanpool._runner.main", "leanpool._cluster.driver")
+"""The cluster driver's start: the same empty package, so that the driver does not
+import the caller's API either; but with site-packages, where dask lives."""
+
+
 def runner_command(config: RunnerConfig) -> list[str]:
     """The argv that starts a runner: the caller's own interpreter, isolated (-I) and
-    without site-packages (-S), so that it starts fast and imports nothing of the caller."""
+    without site-packages (-S), so that it starts fast and imports nothing of the caller.
+
+    A cluster run starts the cluster driver instead, which speaks the same protocol but
+    needs site-packages (dask) and the caller's PYTHONPATH to find it."""
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if config.get("cluster") is not None:
+        return [sys.executable, "-c", DRIVER_BOOTSTRAP, package_dir, json.dumps(config)]
     return [sys.executable, "-I", "-S", "-c", BOOTSTRAP, package_dir, json.dumps(config)]
 
 
@@ -98,7 +120,14 @@ def fatal_error(record: FatalRecord, completed: int) -> LeanpoolError:
         return TaskFileError(record.get("line", 0), record.get("reason", message))
     if kind == "journal":
         return JournalError(message)
-    return RunnerError(f"leanpool runner failed: {message}", completed=completed)
+    if kind == "cluster":
+        error: RunnerError = ClusterError(
+            f"leanpool cluster run failed: {message}", completed=completed
+        )
+    else:
+        error = RunnerError(f"leanpool runner failed: {message}", completed=completed)
+    error.fatal_kind = kind
+    return error
 
 
 class RunnerProcess:
@@ -140,6 +169,10 @@ class RunnerProcess:
         self._stdin: IO[bytes] = self._proc.stdin  # type: ignore[assignment]
         self._stdout_fd = self._proc.stdout.fileno()  # type: ignore[union-attr]
         self.pid = self._proc.pid
+        self.shutdown_wait = (
+            SHUTDOWN_WAIT_S if config.get("cluster") is None else CLUSTER_SHUTDOWN_WAIT_S
+        )
+        """Seconds to wait for it to exit once it was asked to stop, or has ended."""
         _live_runners.add(self)
 
     @property
@@ -170,6 +203,19 @@ class RunnerProcess:
         record: CancelRecord = {"leanpool": "cancel", "id": task_id}
         self._send(encode_line(record))
 
+    def halt(self) -> None:
+        """Ask the runner to start no more tasks; the running ones finish."""
+        record: HaltRecord = {"leanpool": "halt"}
+        self._send(encode_line(record))
+
+    def stop(self) -> None:
+        """Ask the runner to stop (it kills every task) while we read on: the results
+        it sent before, and its ``end`` record, still come."""
+        stop: StopRecord = {"leanpool": "stop"}
+        self._send(encode_line(stop))
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+
     def _send(self, line: bytes) -> None:
         # A runner that died cannot take it; reading its output will say how it died.
         with contextlib.suppress(BrokenPipeError, ValueError):
@@ -195,14 +241,14 @@ class RunnerProcess:
             for event in reader.feed(data):
                 if isinstance(event, Ended):
                     self.end = event.record
-                    self._wait(SHUTDOWN_WAIT_S)
+                    self._wait(self.shutdown_wait)
                     yield event
                     return
                 if isinstance(event, Fatal):
-                    self._wait(SHUTDOWN_WAIT_S)
+                    self._wait(self.shutdown_wait)
                     raise fatal_error(event.record, reader.completed)
                 yield event
-        returncode = self._wait(SHUTDOWN_WAIT_S)
+        returncode = self._wait(self.shutdown_wait)
         sweep_run(self.token)
         reader.close(returncode, self.stderr_tail())
 
@@ -229,7 +275,7 @@ class RunnerProcess:
         proc = self._proc
         if proc.poll() is None:
             self._ask_to_stop()
-            if self._wait(SHUTDOWN_WAIT_S) is None:
+            if self._wait(self.shutdown_wait) is None:
                 proc.kill()
                 proc.wait()
                 sweep_run(self.token)

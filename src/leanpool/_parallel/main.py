@@ -137,6 +137,7 @@ def _run(
                 "preload": [],
                 "report_rss": False,
             },
+            "cluster": None,
             "spill_dir": workdir,
         }
         runner = RunnerProcess(config, workdir, share_stderr=True)

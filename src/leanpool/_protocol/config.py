@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 if TYPE_CHECKING:
     from .calls import WorkerConfig
 
-__all__ = ["HaltRule", "InputConfig", "Options", "RunnerConfig", "TaskFormat"]
+__all__ = ["ClusterConfig", "HaltRule", "InputConfig", "Options", "RunnerConfig", "TaskFormat"]
 
 TaskFormat = Literal["jsonl", "lines"]
 """``jsonl``: one task record per line; ``lines``: one shell command per line, whose id
@@ -69,6 +69,18 @@ class HaltRule(TypedDict):
     now: bool
 
 
+class ClusterConfig(TypedDict):
+    """Where a cluster run goes: the caller then starts the cluster driver, not the lean
+    runner, with this same config (``docs/protocol.md``, "On a Dask cluster")."""
+
+    address: str
+    """A Dask scheduler's address (``tcp://host:8786``), or ``local:N``: a LocalCluster
+    of N worker processes on this machine, started and stopped by the driver."""
+    parallel: int | None
+    """Tasks each batch runs at once (each Dask worker thread runs one batch); None: the
+    worker decides, twice its usable CPUs shared among its threads."""
+
+
 class RunnerConfig(TypedDict):
     """The runner's single command-line argument, as JSON."""
 
@@ -85,6 +97,8 @@ class RunnerConfig(TypedDict):
     ``{%}``); None: no slot variable (most runs: it costs an environment per task)."""
     workers: WorkerConfig
     """The caller's interpreter and ``sys.path``, for the workers that run calls."""
+    cluster: ClusterConfig | None
+    """None: a local run by the lean runner; else a run on a Dask cluster."""
     spill_dir: str | None
     """Where to put an output of ``SPILL_OVER`` bytes or more, as a raw file named in the
     result instead of inline JSON; None (the CLI) keeps every output inline."""

@@ -17,6 +17,7 @@ Caller to runner (its stdin)::
     {"leanpool": "end_input", "offset": N}          and no task will follow byte N
     {"leanpool": "stop"}                            stop the run; I am still here
     {"leanpool": "cancel", "id": ...}               cancel one task: kill it, or never start it
+    {"leanpool": "halt"}                            start no more tasks; running ones finish
 
 A control record is the only kind with a ``"leanpool"`` key.  A stream from the runner
 that ends without an ``end`` or ``fatal`` record was cut short: the runner died.
@@ -43,6 +44,7 @@ __all__ = [
     "EndRecord",
     "FatalKind",
     "FatalRecord",
+    "HaltRecord",
     "IdleRecord",
     "MoreRecord",
     "ResultRecord",
@@ -53,11 +55,13 @@ __all__ = [
     "encode_line",
 ]
 
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 """Bumped on any change a reader of version N could misread; new optional result fields
 do not bump it (readers ignore fields they do not know).  Version 2 added streaming
 input (``more``/``end_input``, ``idle``) and task kinds; version 3 the ``call`` kind,
-its workers (the ``workers`` config key, a ``worker`` fatal error) and ``cancel``."""
+its workers (the ``workers`` config key, a ``worker`` fatal error) and ``cancel``;
+version 4 the ``halt`` control record, the ``cluster`` config key (a run on a Dask
+cluster, through the cluster driver) and the ``cluster`` fatal error."""
 
 RUN_TOKEN_ENV: Final = "LEANPOOL_RUN"
 """Environment variable that marks every process of one run (tasks and their descendants).
@@ -160,7 +164,7 @@ class EndRecord(TypedDict):
     stopped_by: str | None
 
 
-FatalKind = Literal["task_file", "journal", "protocol", "runner", "worker"]
+FatalKind = Literal["task_file", "journal", "protocol", "runner", "worker", "cluster"]
 
 
 class _FatalRequired(TypedDict):
@@ -211,6 +215,14 @@ class CancelRecord(TypedDict):
 
     leanpool: Literal["cancel"]
     id: str | int
+
+
+class HaltRecord(TypedDict):
+    """Start no more tasks; the running ones finish and report, and the run ends with
+    ``halted`` true (the cluster driver halts every batch this way when the run's
+    ``halt`` is reached elsewhere)."""
+
+    leanpool: Literal["halt"]
 
 
 # -- encoding ------------------------------------------------------------------------------

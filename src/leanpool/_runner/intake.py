@@ -1,11 +1,12 @@
 """What comes in: the caller's control records, and the tasks of the spool as it grows.
 
 The runner's stdin is the caller's channel: ``more`` and ``end_input`` records say how far
-the spool holds whole tasks, ``cancel`` names a task to cancel, ``stop`` stops the run,
-and EOF says the caller is gone.  Tasks are read one at a
-time, only when a slot is free, so the runner holds no more of the input than the tasks
-it runs.  Tasks whose id the journal already holds are skipped here; with a journal, an
-id seen twice is a bad line (a result could not be matched to its task).
+the spool holds whole tasks, ``cancel`` names a task to cancel, ``halt`` starts no more
+tasks (running ones finish), ``stop`` stops the run, and EOF says the caller is gone.
+Tasks are read one at a time, only when a slot is free, so the runner holds no more of
+the input than the tasks it runs.  Tasks whose id the journal already holds are skipped
+here; with a journal, an id seen twice is a bad line (a result could not be matched to
+its task).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Intake:
         self.next_seq = 0
         self.caller_gone = False
         self.stop_asked = False
+        self.halt_asked = False
+        """The caller said ``halt``: start nothing more, let running tasks finish."""
         self.closed = False
         self.cancels: list[str | int] = []
         """Ids the caller cancelled, not yet acted on by the loop."""
@@ -112,6 +115,15 @@ class Intake:
             data = os.read(0, 1 << 16)
         except OSError:
             data = b""
+        self.take_control(data)
+
+    def take_control(self, data: bytes) -> None:
+        """Act on the control bytes read from stdin; ``b""`` is its EOF.  (The cluster
+        driver reads stdin in a thread of its own and hands the bytes over here.)
+
+        Raises:
+            ControlError: a line is not a control record, or moves the offset back.
+        """
         if not data:
             self.caller_gone = not self.stop_asked
             self.closed = True
@@ -127,6 +139,9 @@ class Intake:
             kind = record["leanpool"]
             if kind == "stop":
                 self.stop_asked = True
+                return
+            if kind == "halt":
+                self.halt_asked = True
                 return
             if kind == "cancel":
                 task_id = record["id"]
@@ -217,6 +232,11 @@ class Intake:
                 f"id {task.id!r} was already used on line {seen}; "
                 "ids must be unique when a journal is kept",
             )
+
+    @property
+    def last_raw(self) -> bytes:
+        """The bytes of the line of the task ``next_task`` returned last."""
+        return self._reader.last_raw
 
     def close(self) -> None:
         self._reader.close()

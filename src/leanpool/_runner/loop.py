@@ -469,6 +469,9 @@ class Runner:
         intake.on_control()
         while intake.cancels:
             self._cancel(intake.cancels.pop(0))
+        if intake.halt_asked and not self.halted:
+            self.halted = True
+            self._drain()
         if intake.closed:
             self.epoll.unregister(0)
         if intake.caller_gone or intake.stop_asked:

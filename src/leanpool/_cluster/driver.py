@@ -1,0 +1,716 @@
+"""The cluster driver: a run on a Dask cluster behind the protocol a local run speaks.
+
+The caller starts it instead of the lean runner when a run names a cluster; it reads
+the same config, the same task file or spool and the same control channel on stdin,
+and writes the same records on stdout, so ``TaskRunner``, the CLI, asyncio, calls, the
+journal and resume work unchanged.  The Dask client lives here, not in the big caller.
+
+It reads tasks as the lean runner does (``Intake``: validation, resume, the control
+channel), groups them into batches (``BatchSizer``), submits each as one Dask task
+(``run_batch``, which runs it with the lean runner on its worker), and, as each batch
+comes back, journals and sends its results (``Outbox``: journal first, order kept).
+
+One loop in the main thread owns all of the run's state; other threads only put
+events on its queue: the stdin reader (control bytes), Dask's done callbacks (a batch
+came back), signal handlers.  Phases, as in the lean runner::
+
+    RUNNING ──halt──► DRAINING ──(no batch in flight)──► end
+       └──signal, caller gone, halt now, cluster lost──► STOPPING ──(same)──► end
+
+- ``RUNNING``: batches are submitted while fewer than ``PER_THREAD`` per worker thread
+  are in flight and the input has tasks.
+- ``DRAINING``: every batch of the run was told ``halt``: running tasks finish, nothing
+  new starts; their results are recorded.
+- ``STOPPING``: every batch was told ``stop`` (their runners kill their tasks); what
+  they finished before is recorded until ``STOP_WAIT_S``, then the rest is cancelled.
+
+Exactly one record per id: a batch's results come back once, with its future; a batch
+whose worker died is run again by Dask (its commands may then start twice: at-least-once
+execution), and after ``allowed-failures`` deaths (``KilledWorker``) it is split into
+single tasks, each retried alone, so that one task that kills its worker fails alone.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import enum
+import json
+import logging
+import os
+import queue
+import secrets
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Final
+
+from .._errors import JournalError, TaskFileError
+from .._protocol.journal import Journal
+from .._protocol.records import PROTOCOL_VERSION, RUN_TOKEN_ENV, encode_line
+from .._protocol.tasks import CallTask
+from .._runner.intake import ControlError, Intake
+from .._runner.outbox import Outbox
+from .._runner.results import Built, cancelled_result
+from .batch import BatchSpec, ProtocolMismatch, control, run_batch
+from .sizing import PER_THREAD, BatchSizer
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+    from .._protocol.config import ClusterConfig, Options, RunnerConfig
+    from .._protocol.records import (
+        EndRecord,
+        FatalKind,
+        FatalRecord,
+        IdleRecord,
+        ResultRecord,
+        SkippedRecord,
+        StartRecord,
+    )
+    from .._protocol.tasks import Task
+    from .batch import BatchOutcome, Control
+
+__all__ = ["CONNECT_TIMEOUT_S", "LOST_AFTER_S", "STOP_WAIT_S", "ClusterDriver", "main"]
+
+CONNECT_TIMEOUT_S: Final = 10.0
+"""Seconds to reach the scheduler before the run is refused."""
+
+LOST_AFTER_S: Final = 5.0
+"""Seconds without a scheduler before the run ends with a ``cluster`` error (Dask's
+client tries to reconnect meanwhile)."""
+
+STOP_WAIT_S: Final = 2.0
+"""Seconds a stopped run waits for its batches to report what they finished: their
+runners kill their tasks within 0.5 s."""
+
+_TICK_S: Final = 0.5
+"""Most seconds between two looks at the cluster (its threads, its scheduler) and the
+journal's sync, when no event comes."""
+
+
+class Phase(enum.Enum):
+    """Where the run is; see the module docstring."""
+
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+
+
+class _Batch:
+    """One batch in flight: its tasks in order, their seqs, and their lines' ids.
+
+    ``by_id`` maps each task id to the positions holding it (ids need not be unique
+    without a journal); a ``lines`` batch's runner numbers its tasks 1.. by position.
+    """
+
+    __slots__ = ("by_id", "future", "key", "lines", "lines_format", "seqs", "tasks")
+
+    def __init__(
+        self, key: str, tasks: list[Task], seqs: list[int], lines: list[bytes], lines_format: bool
+    ) -> None:
+        self.key = key
+        self.tasks = tasks
+        self.seqs = seqs
+        self.lines = lines
+        self.lines_format = lines_format
+        self.future: Future[BatchOutcome] | None = None
+        self.by_id: dict[str | int, list[int]] = {}
+        for index, task in enumerate(tasks):
+            self.by_id.setdefault(task.id, []).append(index)
+
+    def local_id(self, task_id: str | int) -> str | int | None:
+        """The id the batch's runner knows this task by, or None if it is not here."""
+        positions = self.by_id.get(task_id)
+        if not positions:
+            return None
+        return positions[0] + 1 if self.lines_format else task_id
+
+    def position(self, record: ResultRecord) -> int | None:
+        """Which of the batch's tasks a result record is of."""
+        if self.lines_format:
+            local = record["id"]
+            index = local - 1 if type(local) is int else -1
+            return index if 0 <= index < len(self.tasks) else None
+        positions = self.by_id.get(record["id"])
+        return positions.pop(0) if positions else None
+
+
+class ClusterDriver:
+    """One run on a cluster: the loop and its state.
+
+    Invariants: ``inflight`` holds every batch submitted whose outcome has not been
+    handled, by key; a task read from the input is in exactly one of: a batch in
+    flight, ``split`` (single tasks waiting to be resubmitted), delivered (``completed``
+    counts it), or dropped by a stop (it counts as unfinished).  ``halted``,
+    ``stopped_by`` and ``fatal`` are how the run ended, set once each.
+    """
+
+    def __init__(self, config: RunnerConfig) -> None:
+        cluster = config["cluster"]
+        assert cluster is not None
+        self.config = config
+        self.cluster: ClusterConfig = cluster
+        options = config["options"]
+        self.options = options
+        self.phase = Phase.RUNNING
+        self.halted = False
+        self.stopped_by: str | None = None
+        self.fatal: tuple[FatalKind, str] | None = None
+        self.bad_input: TaskFileError | None = None
+        self.completed = 0
+        self.failed = 0
+        self.token = os.environ.get(RUN_TOKEN_ENV) or secrets.token_hex(8)
+        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.journal: Journal | None = None
+        rerun_failed = options.get("resume_failed", False)
+        if options["journal"] is not None:
+            self.journal = Journal(options["journal"], resume=options["resume"] or rerun_failed)
+        self.intake = Intake(config["input"], self.journal, rerun_failed=rerun_failed)
+        self.outbox = Outbox(select.epoll(), self.journal, ordered=config["ordered"])
+        self.sizer = BatchSizer()
+        self.inflight: dict[str, _Batch] = {}
+        self.split: list[tuple[Task, int, bytes]] = []
+        self.submitted = 0
+        self.slots = PER_THREAD
+        self._cancel_unread: set[str | int] = set()
+        self._batch_options = _batch_options(options)
+        self._batches = 0
+        self._idle_at = -1
+        self._skipped_sent = 0
+        self._stop_deadline: float | None = None
+        self._lost_since: float | None = None
+        self._next_look = 0.0
+        self.client: Client | None = None
+        self._local_cluster: Any = None
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run to the end; 0 after an ``end`` record, 1 after a ``fatal`` one."""
+        start: StartRecord = {"leanpool": "start", "protocol": PROTOCOL_VERSION}
+        if not self.intake.stream:
+            self.intake.validate()
+            start["total"] = self.intake.tasks
+            start["skipped"] = self.intake.skipped
+        self._install_signals()
+        try:
+            self._connect()
+        except _ClusterUnusable as exc:
+            self.fatal = ("cluster", str(exc))
+        else:
+            self.outbox.control(encode_line(start))
+            threading.Thread(target=self._read_stdin, name="leanpool-stdin", daemon=True).start()
+            try:
+                self._loop()
+            finally:
+                self._cancel_all()
+        self.outbox.release_held()
+        self.outbox.control(encode_line(self._last_record()))
+        if self.journal is not None:
+            self.journal.close()
+        with contextlib.suppress(BrokenPipeError):
+            self.outbox.flush(final=True)
+        self._disconnect()
+        caller_gone = self.intake.caller_gone or self.outbox.caller_gone
+        if caller_gone and not self.intake.stop_asked and self.config["cleanup_dir"]:
+            import shutil
+
+            shutil.rmtree(self.config["cleanup_dir"], ignore_errors=True)
+        return 1 if self.fatal is not None or self.bad_input is not None else 0
+
+    def _loop(self) -> None:
+        while True:
+            if self.phase is Phase.RUNNING:
+                self._fill()
+                if self.intake.skipped != self._skipped_sent:
+                    self._send_skipped()
+            if not self.inflight and not self.split and self._over():
+                return
+            self.outbox.flush(final=True)
+            if self.outbox.caller_gone:
+                self._stop(by="caller")
+            try:
+                event = self.events.get(timeout=self._wait_s())
+            except queue.Empty:
+                event = None
+            while event is not None:
+                self._on_event(*event)
+                try:
+                    event = self.events.get_nowait()
+                except queue.Empty:
+                    event = None
+            self._look_around()
+
+    def _wait_s(self) -> float:
+        wait = max(0.0, self._next_look - time.monotonic())
+        if self._stop_deadline is not None:
+            wait = min(wait, max(0.0, self._stop_deadline - time.monotonic()))
+        return wait
+
+    def _over(self) -> bool:
+        """With nothing in flight: is the run over?  Say ``idle`` when input may grow."""
+        if self.phase is not Phase.RUNNING:
+            return True
+        intake = self.intake
+        if intake.exhausted:
+            return True
+        if intake.caught_up and intake.offset != self._idle_at:
+            self._idle_at = intake.offset
+            idle: IdleRecord = {
+                "leanpool": "idle",
+                "protocol": PROTOCOL_VERSION,
+                "offset": intake.offset,
+            }
+            self.outbox.control(encode_line(idle))
+        return False
+
+    def _send_skipped(self) -> None:
+        self._skipped_sent = self.intake.skipped
+        if self.intake.stream:
+            record: SkippedRecord = {
+                "leanpool": "skipped",
+                "protocol": PROTOCOL_VERSION,
+                "skipped": self._skipped_sent,
+            }
+            self.outbox.control(encode_line(record))
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_event(self, kind: str, value: Any) -> None:
+        if kind == "done":
+            self._on_batch(value)
+        elif kind == "control":
+            self._on_control(value)
+        elif kind == "signal":
+            self._stop(by=value)
+
+    def _on_control(self, data: bytes) -> None:
+        intake = self.intake
+        intake.take_control(data)
+        while intake.cancels:
+            self._cancel(intake.cancels.pop(0))
+        if intake.halt_asked and not self.halted:
+            self._halt(now=False)
+        if intake.caller_gone or intake.stop_asked:
+            self._stop(by="caller")
+
+    def _read_stdin(self) -> None:
+        """The stdin thread: control bytes to the loop, ``b""`` at EOF."""
+        while True:
+            try:
+                data = os.read(0, 1 << 16)
+            except OSError:
+                data = b""
+            self.events.put(("control", data))
+            if not data:
+                return
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            self.events.put(("signal", signal.Signals(signum).name))
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, on_signal)
+
+    def _look_around(self) -> None:
+        """Now and then: how many threads the cluster has, whether its scheduler is
+        still there, the journal's sync; and a stopped run's deadline."""
+        now = time.monotonic()
+        if self._stop_deadline is not None and now >= self._stop_deadline:
+            self._cancel_all()
+            return
+        if now < self._next_look:
+            return
+        self._next_look = now + _TICK_S
+        if self.journal is not None:
+            self.journal.sync()
+        client = self.client
+        assert client is not None
+        if client.status == "running":
+            self._lost_since = None
+            with contextlib.suppress(Exception):  # a scheduler going away: seen next time
+                threads = sum(client.nthreads().values())
+                self.slots = max(1, PER_THREAD * threads)
+            return
+        if self._lost_since is None:
+            self._lost_since = now
+        elif now - self._lost_since >= LOST_AFTER_S and self.fatal is None:
+            self._fail("cluster", f"lost the scheduler at {self._address()}")
+            self._cancel_all()
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Submit batches while slots are free and the input has tasks."""
+        while len(self.inflight) < self.slots:
+            if self.split:
+                task, seq, line = self.split.pop(0)
+                self._submit([task], [seq], [line])
+                continue
+            left = None
+            if not self.intake.stream:
+                left = self.intake.tasks - self.intake.skipped - self.submitted
+            size = self.sizer.next_size(left=left, slots=self.slots)
+            tasks: list[Task] = []
+            seqs: list[int] = []
+            lines: list[bytes] = []
+            while len(tasks) < size:
+                try:
+                    fresh = self.intake.next_task()
+                except TaskFileError as exc:
+                    self.bad_input = exc
+                    _warn(f"{exc}: starting no more tasks")
+                    self._halt(now=False, halted=False)
+                    break
+                if fresh is None:
+                    break
+                task, seq = fresh
+                if self._cancel_unread and task.id in self._cancel_unread:
+                    self._cancel_unread.discard(task.id)
+                    self._deliver(cancelled_result(task.id, 1), seq, task)
+                    continue
+                tasks.append(task)
+                seqs.append(seq)
+                lines.append(self._line_of(task, self.intake.last_raw))
+            if not tasks:
+                return
+            self._submit(tasks, seqs, lines)
+            if self.phase is not Phase.RUNNING:
+                return
+
+    def _line_of(self, task: Task, raw: bytes) -> bytes:
+        """A task's line as its batch carries it: as read, but with a call's pickled
+        arguments inline (their file is the caller's, on this machine)."""
+        if isinstance(task, CallTask) and task.payload_file is not None:
+            record = json.loads(raw)
+            with open(task.payload_file, "rb") as f:
+                record["pickle"] = binascii.b2a_base64(f.read(), newline=False).decode()
+            del record["pickle_file"]
+            raw = encode_line(record)
+        return raw
+
+    def _submit(self, tasks: list[Task], seqs: list[int], lines: list[bytes]) -> None:
+        client = self.client
+        assert client is not None
+        self._batches += 1
+        key = f"leanpool-batch-{self.token}-{self._batches}"
+        lines_format = self.config["input"]["format"] == "lines"
+        batch = _Batch(key, tasks, seqs, lines, lines_format)
+        spec: BatchSpec = {
+            "protocol": PROTOCOL_VERSION,
+            "token": self.token,
+            "key": key,
+            "format": self.config["input"]["format"],
+            "lines": lines,
+            "options": self._batch_options,
+            "parallel": self.cluster["parallel"],
+            "slot_env": self.config["slot_env"],
+        }
+        future = client.submit(run_batch, spec, key=key, pure=False)
+        batch.future = future
+        self.inflight[key] = batch
+        self.submitted += len(tasks)
+        future.add_done_callback(lambda _f, key=key: self.events.put(("done", key)))
+
+    def _on_batch(self, key: str) -> None:
+        """A batch's future is done: record its results, or act on why it failed."""
+        batch = self.inflight.pop(key, None)
+        if batch is None or batch.future is None:
+            return
+        future = batch.future
+        if future.cancelled():
+            return
+        try:
+            outcome: BatchOutcome = future.result()
+        except ProtocolMismatch as exc:
+            self._fail("cluster", f"a worker cannot run this run's batches: {exc}")
+            return
+        except Exception as exc:
+            self._batch_failed(batch, exc)
+            return
+        self.sizer.observe(len(batch.tasks), outcome["elapsed"])
+        for line in outcome["results"]:
+            record: ResultRecord = json.loads(line)
+            index = batch.position(record)
+            if index is None:  # not a task of this batch: cannot happen
+                continue
+            task = batch.tasks[index]
+            if batch.lines_format:
+                record["id"] = task.id
+            self._deliver(Built(record), batch.seqs[index], task)
+        if outcome["error"] is not None:
+            kind: FatalKind = "worker" if outcome["error_kind"] == "worker" else "cluster"
+            self._fail(kind, f"on {outcome['worker']}: {outcome['error']}")
+
+    def _batch_failed(self, batch: _Batch, exc: BaseException) -> None:
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            if len(batch.tasks) > 1:  # find the task that kills its worker: one at a time
+                _warn(f"workers died running a batch of {len(batch.tasks)}: retrying each alone")
+                self.split.extend(zip(batch.tasks, batch.seqs, batch.lines, strict=True))
+                self.submitted -= len(batch.tasks)
+                return
+            task = batch.tasks[0]
+            record: ResultRecord = {
+                "id": task.id,
+                "status": -9,
+                "ok": False,
+                "duration": 0.0,
+                "stdout": "",
+                "stderr": "",
+                "error": f"its Dask worker died each time it ran ({exc})",
+            }
+            self._deliver(Built(record), batch.seqs[0], task)
+            return
+        if self.client is not None and self.client.status != "running":
+            self._fail("cluster", f"lost the scheduler at {self._address()}")
+            return
+        name = type(exc).__name__
+        self._fail("cluster", f"a worker cannot run leanpool's batches: {name}: {exc}")
+
+    def _deliver(self, built: Built, seq: int, task: Task) -> None:
+        """Journal, count and send one result; halt if it is one failure too many."""
+        if self.journal is not None:
+            record = built.record.copy()
+            record["task"] = task.digest
+            built.journal = record
+        self.outbox.result(built, seq)
+        self.completed += 1
+        if built.ok:
+            return
+        self.failed += 1
+        halt = self.options["halt"]
+        if halt is not None and self.failed >= halt and not self.halted:
+            _warn(f"{self.failed} task(s) failed: starting no more tasks")
+            self._halt(now=self.options["halt_now"])
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _cancel(self, task_id: str | int) -> None:
+        for batch in self.inflight.values():
+            local = batch.local_id(task_id)
+            if local is not None:
+                self._tell(batch.key, "cancel", [local])
+                return
+        self._cancel_unread.add(task_id)
+
+    def _halt(self, *, now: bool, halted: bool = True) -> None:
+        """Start no more batches; every batch in flight starts no more tasks (``now``:
+        kills its running ones too)."""
+        if halted:
+            self.halted = True
+        if now:
+            self._stop(by=None)
+            return
+        if self.phase is Phase.RUNNING:
+            self.phase = Phase.DRAINING
+            self.split.clear()
+            self._tell(None, "halt", [])
+
+    def _stop(self, *, by: str | None) -> None:
+        """Start nothing more; every batch kills its tasks and reports what finished."""
+        if by is not None and self.stopped_by is None:
+            self.stopped_by = by
+        if self.phase is Phase.STOPPING:
+            return
+        self.phase = Phase.STOPPING
+        self.split.clear()
+        self._stop_deadline = time.monotonic() + STOP_WAIT_S
+        self._tell(None, "stop", [])
+
+    def _fail(self, kind: FatalKind, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = (kind, message)
+            _warn(f"{message}: stopping")
+        self._stop(by=None)
+
+    def _tell(self, key: str | None, what: Control, ids: list[str | int]) -> None:
+        """Push a control to the run's batches on every worker (``batch.control``)."""
+        client = self.client
+        if client is None or client.status != "running":
+            return
+        try:
+            client.run(control, self.token, key, what, ids, on_error="ignore")
+        except Exception as exc:  # the scheduler going away: the loop sees it
+            _warn(f"could not reach the workers ({type(exc).__name__}: {exc})")
+
+    def _cancel_all(self) -> None:
+        """Let go of every batch still in flight: their workers stop their runners."""
+        futures = [b.future for b in self.inflight.values() if b.future is not None]
+        self.inflight.clear()
+        self.split.clear()
+        self._stop_deadline = None
+        if futures and self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.cancel(futures)
+
+    # -- the cluster -----------------------------------------------------------------------
+
+    def _address(self) -> str:
+        return self.cluster["address"]
+
+    def _connect(self) -> None:
+        """Reach the scheduler (or start ``local:N``).
+
+        Raises:
+            _ClusterUnusable: it does not answer, or ``local:N`` cannot start.
+        """
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise _ClusterUnusable(
+                f"dask distributed is not installed ({exc}): pip install 'leanpool[dask]'"
+            ) from None
+        address = self._address()
+        try:
+            if address.startswith("local:"):
+                self.client = self._start_local(address)
+            else:
+                self.client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except _ClusterUnusable:
+            raise
+        except Exception as exc:
+            raise _ClusterUnusable(
+                f"cannot reach the Dask scheduler at {address}: {type(exc).__name__}: {exc}"
+            ) from None
+        with contextlib.suppress(Exception):
+            self.slots = max(1, PER_THREAD * sum(self.client.nthreads().values()))
+
+    def _start_local(self, address: str) -> Client:
+        from distributed import Client, LocalCluster
+
+        count = address.removeprefix("local:")
+        if not count.isdigit() or int(count) < 1:
+            raise _ClusterUnusable(f"local:N needs a number of workers >= 1, not {count!r}")
+        # Its processes inherit an ignored SIGINT: a Ctrl-C reaches the whole foreground
+        # process group, and the driver, not each worker, decides what it means.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._local_cluster = LocalCluster(
+                n_workers=int(count),
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                scheduler_port=0,
+                dashboard_address=None,
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return Client(self._local_cluster, set_as_default=False)
+
+    def _disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.client is not None:
+                self.client.close(timeout=2)
+        with contextlib.suppress(Exception):
+            if self._local_cluster is not None:
+                self._local_cluster.close(timeout=3)
+
+    # -- the last record -------------------------------------------------------------------
+
+    def _last_record(self) -> EndRecord | FatalRecord:
+        if self.bad_input is not None:
+            return {
+                "leanpool": "fatal",
+                "protocol": PROTOCOL_VERSION,
+                "error": "task_file",
+                "message": str(self.bad_input),
+                "line": self.bad_input.line,
+                "reason": self.bad_input.reason,
+            }
+        if self.fatal is not None:
+            return {
+                "leanpool": "fatal",
+                "protocol": PROTOCOL_VERSION,
+                "error": self.fatal[0],
+                "message": self.fatal[1],
+            }
+        intake = self.intake
+        return {
+            "leanpool": "end",
+            "protocol": PROTOCOL_VERSION,
+            "tasks": intake.tasks,
+            "skipped": intake.skipped,
+            "completed": self.completed,
+            "failed": self.failed,
+            "unfinished": intake.tasks - intake.skipped - self.completed,
+            "skipped_failed": intake.skipped_failed,
+            "halted": self.halted,
+            "interrupted": self.stopped_by is not None,
+            "stopped_by": self.stopped_by,
+        }
+
+
+class _ClusterUnusable(Exception):
+    """The cluster cannot be reached or started: the run's one ``cluster`` error."""
+
+
+def _batch_options(options: Options) -> Options:
+    """The run's options as each batch's runner takes them: the journal, resume and
+    halts are the driver's, across batches."""
+    batch = dict(options)
+    batch.update(journal=None, resume=False, resume_failed=False, halt=None, halt_now=False)
+    return batch  # type: ignore[return-value]
+
+
+def _warn(message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, f"leanpool cluster: {message}\n".encode(errors="replace"))
+
+
+def main(argv: list[str]) -> int:
+    """Run the tasks the JSON config in argv[0] describes on its cluster."""
+    driver = None
+    try:
+        config: RunnerConfig = json.loads(argv[0])
+        driver = ClusterDriver(config)
+        return driver.run()
+    except TaskFileError as exc:
+        _fatal(driver, "task_file", str(exc), line=exc.line, reason=exc.reason)
+    except JournalError as exc:
+        _fatal(driver, "journal", str(exc))
+    except ControlError as exc:
+        _fatal(driver, "protocol", f"the caller broke the protocol: {exc}")
+    except Exception as exc:
+        traceback.print_exc()
+        _fatal(driver, "runner", f"{type(exc).__name__}: {exc}")
+    return 1
+
+
+def _fatal(
+    driver: ClusterDriver | None,
+    kind: FatalKind,
+    message: str,
+    *,
+    line: int | None = None,
+    reason: str = "",
+) -> None:
+    """As the lean runner's: the results still buffered, then the fatal record."""
+    if driver is not None:
+        with contextlib.suppress(Exception):
+            driver._cancel_all()
+            driver.outbox.flush(final=True)
+    record: FatalRecord = {
+        "leanpool": "fatal",
+        "protocol": PROTOCOL_VERSION,
+        "error": kind,
+        "message": message,
+    }
+    if line is not None:
+        record["line"] = line
+        record["reason"] = reason
+    with contextlib.suppress(OSError):
+        os.set_blocking(1, True)
+        os.write(1, encode_line(record))
+    if driver is not None:
+        driver._disconnect()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
