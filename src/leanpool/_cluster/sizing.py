@@ -8,7 +8,8 @@ follows the measured rate: ``TARGET_S`` of work at the rate the batches that cam
 ran at, growing at most ``GROWTH`` times per batch (the first measures may be of a few
 slow tasks), never above ``MOST``; and with the number of tasks left known (a task file
 validated whole), never above an even share of them per slot, so that the run's tail
-is spread over every worker.
+is spread over every worker, down to ``LEAST_S`` of work a batch (below that, a batch's
+own start, tens of ms, would cost more than the spread saves).
 
 In flight: ``PER_THREAD`` batches per worker thread, one running and one queued behind
 it, so a thread never waits on the driver and the scheduler never holds more than a few
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-__all__ = ["FIRST", "GROWTH", "MOST", "PER_THREAD", "TARGET_S", "BatchSizer"]
+__all__ = ["FIRST", "GROWTH", "LEAST_S", "MOST", "PER_THREAD", "TARGET_S", "BatchSizer"]
 
 TARGET_S: Final = 2.0
 """Seconds of work a batch aims at."""
@@ -28,7 +29,10 @@ TARGET_S: Final = 2.0
 FIRST: Final = 8
 """Tasks in a batch before any batch came back."""
 
-GROWTH: Final = 4.0
+LEAST_S: Final = 0.5
+"""Seconds of work below which the tail of a run is not split further."""
+
+GROWTH: Final = 8.0
 """At most this many times the previous size."""
 
 MOST: Final = 20_000
@@ -73,6 +77,8 @@ class BatchSizer:
         else:
             size = min(round(self.rate * TARGET_S), math.ceil(self.last * GROWTH), MOST)
         if left is not None:
-            size = min(size, math.ceil(left / max(1, slots)))
+            share = math.ceil(left / max(1, slots))
+            least = FIRST if self.rate is None else round(self.rate * LEAST_S)
+            size = min(size, max(share, least))
         self.last = max(1, size)
         return self.last
