@@ -95,7 +95,8 @@ def holders_of(path: Path) -> list[int]:
 
 
 def runner_pids() -> list[int]:
-    """Pids of live leanpool runner processes that are children of this test process."""
+    """Pids of live leanpool runner (or cluster driver) processes that are children of this
+    test process."""
     me = str(os.getpid())
     found = []
     for name in os.listdir("/proc"):
@@ -108,7 +109,8 @@ def runner_pids() -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if fields[1] == me and b"leanpool._runner" in cmdline and fields[0] != "Z":
+        runs = b"leanpool._runner" in cmdline or b"leanpool._cluster.driver" in cmdline
+        if fields[1] == me and runs and fields[0] != "Z":
             found.append(int(name))
     return found
 

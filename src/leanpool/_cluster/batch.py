@@ -6,6 +6,13 @@ local run would, so timeouts kill process groups on the worker, output is draine
 there, and nothing leaves the worker's machine before a task has ended.  It returns the
 runner's result lines as they came (``BatchOutcome``), with how the batch ended.
 
+Results sooner than the batch's end.  Every ``PUBLISH_S`` the watcher thread sends the
+result lines that arrived since, through the scheduler, as a Dask event on the run's
+topic (``topic``), so that a run's results stream while its batches run.  The outcome
+still carries every line: an event is an early copy, and the driver records each task
+once, whichever copy comes first.  Only lines up to ``EARLY_LINE_MAX`` bytes travel
+early (the scheduler keeps its last events in memory).
+
 Stopping a batch that runs.  Dask never stops a running task (distributed#4694), so a
 batch watches for itself, in a thread, every ``WATCH_S``:
 
@@ -31,7 +38,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Final, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
 from .._errors import RunnerError
 from .._protocol.reader import Ended, ResultEvent
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
     from .._protocol.records import EndRecord
 
 __all__ = [
+    "EARLY_LINE_MAX",
+    "PUBLISH_S",
     "WATCH_S",
     "BatchOutcome",
     "BatchSpec",
@@ -50,11 +59,18 @@ __all__ = [
     "ProtocolMismatch",
     "control",
     "run_batch",
+    "topic",
 ]
 
 WATCH_S: Final = 0.1
 """How often a running batch looks whether its future was cancelled: a stopped run's
 tasks are signalled at most this long after the driver (or the scheduler) let go."""
+
+PUBLISH_S: Final = 0.25
+"""How often a running batch sends its new result lines ahead of its outcome."""
+
+EARLY_LINE_MAX: Final = 1 << 16
+"""Result lines longer than this come with the outcome only."""
 
 _EARLY_KEEP: Final = 10_000
 """Controls kept for batches that have not started on this worker (most never will:
@@ -106,13 +122,20 @@ class BatchOutcome(TypedDict):
     """Where it ran (the worker's address, or the host name outside a worker)."""
 
 
+def topic(token: str) -> str:
+    """The Dask event topic on which a run's batches send results early."""
+    return f"leanpool-{token}"
+
+
 class _Live:
-    """A batch running on this worker, as ``control`` finds it."""
+    """A batch running on this worker, as ``control`` finds it, and its result lines
+    not yet sent early (``pending``)."""
 
     def __init__(self, token: str, key: str, runner: RunnerProcess) -> None:
         self.token = token
         self.key = key
         self.runner = runner
+        self.pending: list[bytes] = []
         self.stopped = False
         self.finished = threading.Event()
         """Set when the batch has ended: the watcher's cue to end too."""
@@ -129,6 +152,18 @@ class _Live:
             elif not self.stopped:
                 self.stopped = True
                 self.runner.stop()
+
+    def add(self, line: bytes) -> None:
+        if len(line) <= EARLY_LINE_MAX:
+            with self._lock:
+                self.pending.append(line)
+
+    def publish(self, worker: Any) -> None:
+        """Send the pending lines as one event (from the watcher thread)."""
+        with self._lock:
+            lines, self.pending = self.pending, []
+        if lines:
+            worker.log_event(topic(self.token), {"key": self.key, "lines": lines})
 
 
 _LIVE: dict[str, _Live] = {}
@@ -208,11 +243,14 @@ def run_batch(spec: BatchSpec) -> BatchOutcome:
         watcher = None
         if key_state is not None:
             watcher = threading.Thread(
-                target=_watch, args=(live, key_state), name="leanpool-batch-watch", daemon=True
+                target=_watch,
+                args=(live, key_state, worker),
+                name="leanpool-batch-watch",
+                daemon=True,
             )
             watcher.start()
         try:
-            return _collect(runner, started, _worker_name(worker))
+            return _collect(runner, live if watcher else None, started, _worker_name(worker))
         finally:
             with _REGISTRY_LOCK:
                 _LIVE.pop(spec["key"], None)
@@ -224,7 +262,7 @@ def run_batch(spec: BatchSpec) -> BatchOutcome:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _collect(runner: RunnerProcess, started: float, where: str) -> BatchOutcome:
+def _collect(runner: RunnerProcess, live: _Live | None, started: float, where: str) -> BatchOutcome:
     results: list[bytes] = []
     outcome: BatchOutcome = {
         "results": results,
@@ -238,6 +276,8 @@ def _collect(runner: RunnerProcess, started: float, where: str) -> BatchOutcome:
         for event in runner.events():
             if isinstance(event, ResultEvent):
                 results.append(event.line)
+                if live is not None:
+                    live.add(event.line)
             elif isinstance(event, Ended):
                 outcome["end"] = event.record
     except RunnerError as exc:  # no journal, a validated file: no other error can come
@@ -247,12 +287,17 @@ def _collect(runner: RunnerProcess, started: float, where: str) -> BatchOutcome:
     return outcome
 
 
-def _watch(live: _Live, key_state: _KeyState) -> None:
-    """Stop the batch's runner once its future is no longer wanted (see the module)."""
+def _watch(live: _Live, key_state: _KeyState, worker: Any) -> None:
+    """Stop the batch's runner once its future is no longer wanted, and send its new
+    results every ``PUBLISH_S`` (see the module)."""
+    published_at = time.monotonic()
     while not live.finished.wait(WATCH_S):
         if not key_state.wanted():
             live.apply("stop", [])
             return
+        if time.monotonic() - published_at >= PUBLISH_S:
+            published_at = time.monotonic()
+            live.publish(worker)
 
 
 class _KeyState:

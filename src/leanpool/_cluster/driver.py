@@ -41,8 +41,10 @@ import os
 import queue
 import secrets
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -55,7 +57,7 @@ from .._protocol.tasks import CallTask
 from .._runner.intake import ControlError, Intake
 from .._runner.outbox import Outbox
 from .._runner.results import Built, cancelled_result
-from .batch import BatchSpec, ProtocolMismatch, control, run_batch
+from .batch import BatchSpec, ProtocolMismatch, control, run_batch, topic
 from .sizing import PER_THREAD, BatchSizer
 
 if TYPE_CHECKING:
@@ -74,10 +76,7 @@ if TYPE_CHECKING:
     from .._protocol.tasks import Task
     from .batch import BatchOutcome, Control
 
-__all__ = ["CONNECT_TIMEOUT_S", "LOST_AFTER_S", "STOP_WAIT_S", "ClusterDriver", "main"]
-
-CONNECT_TIMEOUT_S: Final = 10.0
-"""Seconds to reach the scheduler before the run is refused."""
+__all__ = ["LOST_AFTER_S", "STOP_WAIT_S", "ClusterDriver", "main"]
 
 LOST_AFTER_S: Final = 5.0
 """Seconds without a scheduler before the run ends with a ``cluster`` error (Dask's
@@ -107,7 +106,17 @@ class _Batch:
     without a journal); a ``lines`` batch's runner numbers its tasks 1.. by position.
     """
 
-    __slots__ = ("by_id", "future", "key", "lines", "lines_format", "seqs", "tasks")
+    __slots__ = (
+        "by_id",
+        "delivered",
+        "early",
+        "future",
+        "key",
+        "lines",
+        "lines_format",
+        "seqs",
+        "tasks",
+    )
 
     def __init__(
         self, key: str, tasks: list[Task], seqs: list[int], lines: list[bytes], lines_format: bool
@@ -118,6 +127,10 @@ class _Batch:
         self.lines = lines
         self.lines_format = lines_format
         self.future: Future[BatchOutcome] | None = None
+        self.delivered: set[int] = set()
+        """Positions whose result was recorded (early, or from the outcome)."""
+        self.early: set[bytes] = set()
+        """Result lines that came early: the outcome repeats them."""
         self.by_id: dict[str | int, list[int]] = {}
         for index, task in enumerate(tasks):
             self.by_id.setdefault(task.id, []).append(index)
@@ -130,13 +143,30 @@ class _Batch:
         return positions[0] + 1 if self.lines_format else task_id
 
     def position(self, record: ResultRecord) -> int | None:
-        """Which of the batch's tasks a result record is of."""
+        """Which of the batch's tasks a result record is of; None when that task's
+        result was recorded already (a batch run again after its worker died)."""
         if self.lines_format:
             local = record["id"]
             index = local - 1 if type(local) is int else -1
-            return index if 0 <= index < len(self.tasks) else None
-        positions = self.by_id.get(record["id"])
-        return positions.pop(0) if positions else None
+            if not 0 <= index < len(self.tasks) or index in self.delivered:
+                return None
+        else:
+            positions = self.by_id.get(record["id"])
+            if not positions:
+                return None
+            index = positions.pop(0)
+        self.delivered.add(index)
+        return index
+
+    def undelivered(self) -> list[tuple[Task, int, bytes]]:
+        """The tasks whose result has not come, with their seqs and lines."""
+        return [
+            (task, seq, line)
+            for index, (task, seq, line) in enumerate(
+                zip(self.tasks, self.seqs, self.lines, strict=True)
+            )
+            if index not in self.delivered
+        ]
 
 
 class ClusterDriver:
@@ -186,6 +216,7 @@ class ClusterDriver:
         self._next_look = 0.0
         self.client: Client | None = None
         self._local_cluster: Any = None
+        self._scratch: str | None = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -217,8 +248,6 @@ class ClusterDriver:
         self._disconnect()
         caller_gone = self.intake.caller_gone or self.outbox.caller_gone
         if caller_gone and not self.intake.stop_asked and self.config["cleanup_dir"]:
-            import shutil
-
             shutil.rmtree(self.config["cleanup_dir"], ignore_errors=True)
         return 1 if self.fatal is not None or self.bad_input is not None else 0
 
@@ -283,6 +312,8 @@ class ClusterDriver:
     def _on_event(self, kind: str, value: Any) -> None:
         if kind == "done":
             self._on_batch(value)
+        elif kind == "early":
+            self._on_early(value)
         elif kind == "control":
             self._on_control(value)
         elif kind == "signal":
@@ -339,6 +370,7 @@ class ClusterDriver:
         if self._lost_since is None:
             self._lost_since = now
         elif now - self._lost_since >= LOST_AFTER_S and self.fatal is None:
+            _warn(f"lost the scheduler at {self._address()}: stopping")
             self._fail("cluster", f"lost the scheduler at {self._address()}")
             self._cancel_all()
 
@@ -433,29 +465,47 @@ class ClusterDriver:
             self._batch_failed(batch, exc)
             return
         self.sizer.observe(len(batch.tasks), outcome["elapsed"])
+        early = batch.early
         for line in outcome["results"]:
-            record: ResultRecord = json.loads(line)
-            index = batch.position(record)
-            if index is None:  # not a task of this batch: cannot happen
-                continue
-            task = batch.tasks[index]
-            if batch.lines_format:
-                record["id"] = task.id
-            self._deliver(Built(record), batch.seqs[index], task)
+            if line not in early:
+                self._take(batch, line)
         if outcome["error"] is not None:
             kind: FatalKind = "worker" if outcome["error_kind"] == "worker" else "cluster"
             self._fail(kind, f"on {outcome['worker']}: {outcome['error']}")
+
+    def _on_early(self, message: dict[str, Any]) -> None:
+        """Result lines a running batch sent ahead of its outcome."""
+        batch = self.inflight.get(message.get("key", ""))
+        if batch is None:  # its outcome came first, with these lines
+            return
+        for line in message["lines"]:
+            batch.early.add(line)
+            self._take(batch, line)
+
+    def _take(self, batch: _Batch, line: bytes) -> None:
+        """Record one result line of a batch, unless its task has its result already."""
+        record: ResultRecord = json.loads(line)
+        index = batch.position(record)
+        if index is None:
+            return
+        task = batch.tasks[index]
+        if batch.lines_format:
+            record["id"] = task.id
+        self._deliver(Built(record), batch.seqs[index], task)
 
     def _batch_failed(self, batch: _Batch, exc: BaseException) -> None:
         from distributed.scheduler import KilledWorker
 
         if isinstance(exc, KilledWorker):
-            if len(batch.tasks) > 1:  # find the task that kills its worker: one at a time
-                _warn(f"workers died running a batch of {len(batch.tasks)}: retrying each alone")
-                self.split.extend(zip(batch.tasks, batch.seqs, batch.lines, strict=True))
-                self.submitted -= len(batch.tasks)
+            left = batch.undelivered()
+            if len(left) > 1:  # find the task that kills its worker: one at a time
+                _warn(f"workers died running a batch of {len(left)}: retrying each alone")
+                self.split.extend(left)
+                self.submitted -= len(left)
                 return
-            task = batch.tasks[0]
+            if not left:
+                return
+            task, seq, _ = left[0]
             record: ResultRecord = {
                 "id": task.id,
                 "status": -9,
@@ -465,13 +515,16 @@ class ClusterDriver:
                 "stderr": "",
                 "error": f"its Dask worker died each time it ran ({exc})",
             }
-            self._deliver(Built(record), batch.seqs[0], task)
+            self._deliver(Built(record), seq, task)
             return
         if self.client is not None and self.client.status != "running":
             self._fail("cluster", f"lost the scheduler at {self._address()}")
             return
-        name = type(exc).__name__
-        self._fail("cluster", f"a worker cannot run leanpool's batches: {name}: {exc}")
+        self._fail(
+            "cluster",
+            "the cluster cannot run leanpool's batches (the scheduler and every worker "
+            f"need the same leanpool: pip install 'leanpool[dask]'): {_root_cause(exc)}",
+        )
 
     def _deliver(self, built: Built, seq: int, task: Task) -> None:
         """Journal, count and send one result; halt if it is one failure too many."""
@@ -524,9 +577,10 @@ class ClusterDriver:
         self._tell(None, "stop", [])
 
     def _fail(self, kind: FatalKind, message: str) -> None:
+        """End the run with one fatal record (the caller reports it), once the batches
+        in flight have stopped and reported."""
         if self.fatal is None:
             self.fatal = (kind, message)
-            _warn(f"{message}: stopping")
         self._stop(by=None)
 
     def _tell(self, key: str | None, what: Control, ids: list[str | int]) -> None:
@@ -572,7 +626,7 @@ class ClusterDriver:
             if address.startswith("local:"):
                 self.client = self._start_local(address)
             else:
-                self.client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+                self.client = Client(address, set_as_default=False)  # Dask's connect timeout
         except _ClusterUnusable:
             raise
         except Exception as exc:
@@ -581,6 +635,9 @@ class ClusterDriver:
             ) from None
         with contextlib.suppress(Exception):
             self.slots = max(1, PER_THREAD * sum(self.client.nthreads().values()))
+        self.client.subscribe_topic(
+            topic(self.token), lambda event: self.events.put(("early", event[1]))
+        )
 
     def _start_local(self, address: str) -> Client:
         from distributed import Client, LocalCluster
@@ -591,6 +648,11 @@ class ClusterDriver:
         # Its processes inherit an ignored SIGINT: a Ctrl-C reaches the whole foreground
         # process group, and the driver, not each worker, decides what it means.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Its scratch space is the run's, removed with the cluster.
+        self._scratch = tempfile.mkdtemp(prefix="leanpool-dask-")
+        import dask
+
+        dask.config.set({"temporary-directory": self._scratch})
         try:
             self._local_cluster = LocalCluster(
                 n_workers=int(count),
@@ -611,6 +673,8 @@ class ClusterDriver:
         with contextlib.suppress(Exception):
             if self._local_cluster is not None:
                 self._local_cluster.close(timeout=3)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     # -- the last record -------------------------------------------------------------------
 
@@ -657,6 +721,17 @@ def _batch_options(options: Options) -> Options:
     batch = dict(options)
     batch.update(journal=None, resume=False, resume_failed=False, halt=None, halt_now=False)
     return batch  # type: ignore[return-value]
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost exception of a chain, said in one line: Dask wraps the one that
+    tells (``No module named 'leanpool'``) in its own."""
+    while exc.__cause__ is not None or (
+        exc.__context__ is not None and not exc.__suppress_context__
+    ):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    first = str(exc).strip().splitlines()[:1]
+    return f"{type(exc).__name__}: {first[0] if first else ''}".rstrip(": ")
 
 
 def _warn(message: str) -> None:

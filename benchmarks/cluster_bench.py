@@ -1,0 +1,1220 @@
+#!/usr/bin/env python3
+"""leanpool on a Dask cluster, against leanpool on this machine and against plain Dask.
+
+Run from a checkout, with dask distributed installed::
+
+    python benchmarks/cluster_bench.py --out benchmarks/results/cluster-DATE
+
+It starts a Dask cluster of separate processes on 127.0.0.1 (one scheduler, two
+``dask worker`` processes of ``--nthreads 1``), so that each one's CPU and memory can be
+read apart, and tears it down at the end, on error too.  Then:
+
+1. Speed.  The workloads of ``bench.py``, ``echo i`` and ``sleep 0.00X && echo i``
+   (X from 1 to 10 ms, seeded), run ``-r`` times by each method in turn (A B C A B C,
+   so that each repeat is a pair):
+
+   - ``local``: ``leanpool run FILE -j P`` (P = 8 for echo, 16 for sleep);
+   - ``cluster``: ``leanpool run FILE --cluster tcp://... -j P/2`` (two worker threads,
+     each running one batch of P/2 at once: the same P at once in all);
+   - ``plain-dask``: a Python client (this script's ``--plain-dask-driver``) doing one
+     ``client.submit(subprocess.run, ["/bin/sh", "-c", cmd], ...)`` per task, then
+     ``as_completed``; it runs 2 at once (one per worker thread).
+
+   Once more, plain Dask on a second cluster whose workers have ``--nthreads 4``: is it
+   bound by its threads or by the scheduler's work per task?
+
+2. Memory.  ``true`` tasks, 10,000 and 100,000 (``--memory-sizes``), on the cluster
+   with ``-j 8``: the peak RSS (VmHWM) of the cluster driver, the scheduler (its peak
+   reset before each run through ``/proc/PID/clear_refs``) and the CLI; 1,000,000 too
+   (``--memory-big``) when the largest of those took under ``--memory-big-if`` seconds.
+
+Every run's output is checked whole: one result line per task, each id once, status 0,
+its task's exact stdout, empty stderr, and the set of stdouts equal to the expected set.
+A run that fails this is reported as failed and left out of every statistic.
+
+What is measured, per run: wall seconds from starting the command to its exit (imports,
+the connection to the scheduler and the cluster driver's start included), the time to
+its first result byte, CPU seconds (from ``/proc/PID/stat``, 10 ms ticks) of the
+command itself, of its waited-for children (the cluster driver, read from the
+command's zombie before it is reaped; for a local run: the lean runner and its tasks),
+of the scheduler and of the workers (each worker's whole process tree), and the
+machine's busy CPU (``/proc/stat``).  A scheduler plugin counts the Dask tasks that
+reached memory and, for leanpool's batches, their compute times on the workers.
+
+The leanpool measured is ``git archive COMMIT src`` (``--commit``, default HEAD),
+unpacked into a scratch directory and put first on PYTHONPATH for the CLI, the
+driver and the workers: edits to the checkout during the run do not change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+HERE: Final = Path(__file__).resolve().parent
+REPO: Final = HERE.parent
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+DRIVER_MARK: Final = b"leanpool._cluster.driver"
+PLUGIN_NAME: Final = "cluster-bench-counter"
+SAMPLE_S: Final = 0.05
+"""How often a running command's driver and the scheduler are sampled."""
+RUN_TIMEOUT_S: Final = 1200.0
+"""A run still going after this long is killed and reported as failed."""
+
+METHODS: Final = ("local", "cluster", "plain-dask")
+WORKERS: Final = 2
+
+
+# -- /proc -------------------------------------------------------------------------------
+
+
+def proc_cpu(pid: int) -> tuple[float, float] | None:
+    """(own user+sys, waited-for children's user+sys) CPU seconds of a process, from
+    /proc/PID/stat; None once it is gone.  A zombie still has them."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    children = (int(fields[13]) + int(fields[14])) / CLK_TCK
+    return own, children
+
+
+def proc_status_kb(pid: int, key: bytes) -> int | None:
+    """A ``kB`` line of /proc/PID/status (VmHWM, VmRSS); None when gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak(pid: int) -> None:
+    """Reset a process's VmHWM to its current RSS (it must be ours)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out.extend(int(p) for p in path.read_text().split())
+    return out
+
+
+def tree_of(root: int) -> list[int]:
+    """The process and every live descendant."""
+    todo, seen = [root], []
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo.extend(children_of(pid))
+    return seen
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process tree: each live process's own and its reaped children's
+    (a child reaped between two reads moves from its own count to its parent's)."""
+    total = 0.0
+    for pid in tree_of(root):
+        cpu = proc_cpu(pid)
+        if cpu is not None:
+            total += cpu[0] + cpu[1]
+    return total
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (all but idle and iowait)."""
+    head = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    values = [int(v) for v in head[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+def find_child(pid: int, mark: bytes) -> int | None:
+    for child in children_of(pid):
+        with contextlib.suppress(OSError):
+            if mark in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+    return None
+
+
+def distributed() -> Any:
+    """dask distributed, untyped (its Client's methods are): imported when first used."""
+    return importlib.import_module("distributed")
+
+
+# -- the scheduler plugin ----------------------------------------------------------------
+
+
+def make_plugin() -> Any:
+    """A scheduler plugin that counts the keys reaching memory: leanpool's batches (with
+    their compute seconds on the worker) apart from other tasks."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Counter(SchedulerPlugin):
+        name = PLUGIN_NAME
+
+        def __init__(self) -> None:
+            self.batches = 0
+            self.tasks = 0
+            self.compute: list[float] = []
+
+        def transition(
+            self, key: object, start: str, finish: str, *args: object, **kwargs: Any
+        ) -> None:
+            if finish != "memory":
+                return
+            if isinstance(key, str) and key.startswith("leanpool-batch-"):
+                self.batches += 1
+                for span in kwargs.get("startstops") or ():
+                    if span.get("action") == "compute":
+                        self.compute.append(float(span["stop"]) - float(span["start"]))
+            else:
+                self.tasks += 1
+
+    return Counter()
+
+
+def take_counts(dask_scheduler: Any) -> dict[str, Any]:
+    """Run on the scheduler: the plugin's counts since the last take, then reset them."""
+    plugin = dask_scheduler.plugins[PLUGIN_NAME]
+    out = {"batches": plugin.batches, "tasks": plugin.tasks, "compute": plugin.compute}
+    plugin.batches, plugin.tasks, plugin.compute = 0, 0, []
+    return out
+
+
+def which_leanpool() -> str:
+    """Run on a worker: the file its leanpool cluster code comes from."""
+    import leanpool._cluster.batch as batch
+
+    return str(batch.__file__)
+
+
+# -- the cluster ---------------------------------------------------------------------------
+
+
+class Cluster:
+    """A scheduler and two ``dask worker`` processes on 127.0.0.1, each in its own
+    process group (killed whole at the end)."""
+
+    def __init__(self, scratch: Path, nthreads: int, env: dict[str, str], tag: str) -> None:
+        self.scratch = scratch
+        self.nthreads = nthreads
+        self.env = env
+        self.tag = tag
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[IO[bytes]] = []
+        self.address = ""
+        self.scheduler_pid = 0
+        self.worker_pids: list[int] = []
+        self.leanpool_on_workers: list[str] = []
+
+    def _start(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+        out = open(self.scratch / log, "wb")  # noqa: SIM115 (closed in stop)
+        self.logs.append(out)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.scratch,
+            env=self.env,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        sfile = self.scratch / f"scheduler-{self.tag}.json"
+        scheduler = self._start(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sfile),
+            ],
+            f"scheduler-{self.tag}.log",
+        )
+        self.scheduler_pid = scheduler.pid
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                self.address = json.loads(sfile.read_text())["address"]
+                break
+            if scheduler.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the scheduler did not start: see {self.scratch}")
+            time.sleep(0.1)
+        for i in range(WORKERS):
+            worker = self._start(
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    self.address,
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    str(self.nthreads),
+                    "--nworkers",
+                    "1",
+                    "--no-dashboard",
+                    "--name",
+                    f"w{i}-{self.tag}",
+                    "--local-directory",
+                    str(self.scratch / f"w{i}-{self.tag}"),
+                ],
+                f"worker{i}-{self.tag}.log",
+            )
+            self.worker_pids.append(worker.pid)
+        Client = distributed().Client
+        client = Client(self.address, timeout=60, set_as_default=False)
+        try:
+            client.wait_for_workers(WORKERS, timeout=120)
+            threads = client.nthreads()
+            if len(threads) != WORKERS or sum(threads.values()) != WORKERS * self.nthreads:
+                raise RuntimeError(f"unexpected workers: {threads}")
+            client.register_plugin(make_plugin(), name=PLUGIN_NAME)
+            found = client.run(which_leanpool)
+            self.leanpool_on_workers = sorted(set(found.values()))
+        finally:
+            client.close()
+
+    def counts(self) -> dict[str, Any] | None:
+        """The plugin's counts since the last call (None if the scheduler cannot say)."""
+        Client = distributed().Client
+        try:
+            client = Client(self.address, timeout=30, set_as_default=False)
+        except Exception:
+            return None
+        try:
+            result: dict[str, Any] = client.run_on_scheduler(take_counts)
+            return result
+        except Exception:
+            return None
+        finally:
+            client.close()
+
+    def workers_cpu(self) -> float:
+        return sum(tree_cpu(pid) for pid in self.worker_pids)
+
+    def stop(self) -> None:
+        # Workers first, so that the scheduler does not see them leave one by one.
+        for proc in reversed(self.procs):
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in reversed(self.procs):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        for log in self.logs:
+            log.close()
+        self.procs.clear()
+        self.logs.clear()
+
+
+# -- workloads and checks ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    n: int
+    parallel: int
+    """Tasks at once in all, on this machine or on the cluster."""
+    path: Path
+
+    def expected(self, index: int) -> str:
+        return "" if self.name == "true" else f"{index}\n"
+
+
+def write_workload(name: str, n: int, parallel: int, scratch: Path, seed: int) -> Workload:
+    """The task file: ``{"id": i, "cmd": ...}`` per line, ids 0 to n-1."""
+    path = scratch / f"{name}-{n}.jsonl"
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            if name == "echo":
+                cmd = f"echo {i}"
+            elif name == "sleep":
+                cmd = f"sleep 0.{rng.randint(1, 10):03d} && echo {i}"
+            else:
+                cmd = "true"
+            f.write(json.dumps({"id": i, "cmd": cmd}) + "\n")
+    return Workload(name, n, parallel, path)
+
+
+def check_output(path: Path, workload: Workload) -> list[str]:
+    """What is wrong with a run's output (nothing: an empty list).  Every line must be a
+    result of a distinct task of the file, with status 0, its exact stdout and no
+    stderr; every task must have one; and the set of stdouts must be the expected one."""
+    problems: dict[str, int] = {}
+    examples: list[str] = []
+    seen = bytearray(workload.n)
+    lines = 0
+    stdouts: set[str] = set()
+
+    def bad(what: str, line: bytes) -> None:
+        problems[what] = problems.get(what, 0) + 1
+        if len(examples) < 5:
+            examples.append(f"{what}: {line[:200]!r}")
+
+    with open(path, "rb") as f:
+        for line in f:
+            lines += 1
+            try:
+                record = json.loads(line)
+                task_id = record["id"]
+                status, stdout, stderr = record["status"], record["stdout"], record["stderr"]
+            except (ValueError, KeyError, TypeError):
+                bad("not a result line", line)
+                continue
+            if type(task_id) is not int or not 0 <= task_id < workload.n:
+                bad("id of no task", line)
+                continue
+            if seen[task_id]:
+                bad("second result for an id", line)
+                continue
+            seen[task_id] = 1
+            if isinstance(stdout, str):
+                stdouts.add(stdout)
+            if status != 0 or record.get("ok", True) is not True:
+                bad("status not 0", line)
+            elif stdout != workload.expected(task_id):
+                bad("stdout not its task's", line)
+            elif stderr:
+                bad("output on stderr", line)
+    out = [f"{k} line(s) with {what}" for what, k in problems.items()]
+    if lines != workload.n:
+        out.append(f"{lines} result lines for {workload.n} tasks")
+    missing = seen.count(0)
+    if missing:
+        out.append(f"{missing} tasks without a result (first: id {seen.find(0)})")
+    if stdouts != {workload.expected(i) for i in range(workload.n)}:
+        out.append("the set of stdouts is not the expected set")
+    return out + examples
+
+
+# -- one run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One command's run, measured and checked."""
+
+    phase: str
+    workload: str
+    method: str
+    rep: int
+    n: int
+    parallel_per_batch: int
+    threads_per_worker: int
+    argv: list[str]
+    wall_s: float = 0.0
+    tps: float = 0.0
+    first_result_s: float | None = None
+    returncode: int | None = None
+    ok: bool = False
+    problems: list[str] = field(default_factory=list)
+    cmd_cpu_s: float = 0.0
+    """The command's own CPU: the leanpool CLI, or the plain Dask client."""
+    cmd_children_cpu_s: float = 0.0
+    """Its waited-for descendants': the cluster driver; for a local run the lean runner
+    and its tasks."""
+    driver_cpu_s: float | None = None
+    """The process that talks to the scheduler: the cluster driver, or the plain client."""
+    driver_cpu_sampled_s: float | None = None
+    """The cluster driver's own CPU as last sampled while it ran (a cross-check)."""
+    scheduler_cpu_s: float = 0.0
+    workers_cpu_s: float = 0.0
+    machine_busy_s: float = 0.0
+    bench_cpu_s: float = 0.0
+    """This script's own CPU meanwhile (copying the output, sampling): measurement."""
+    driver_peak_kb: int | None = None
+    scheduler_rss_before_kb: int | None = None
+    scheduler_peak_kb: int | None = None
+    cmd_peak_kb: int | None = None
+    batches: int | None = None
+    dask_tasks: int | None = None
+    batch_compute_s: list[float] = field(default_factory=list)
+    stderr_tail: str = ""
+
+    def per_task_us(self, seconds: float | None) -> float | None:
+        return None if seconds is None else seconds / self.n * 1e6
+
+
+class Watch:
+    """Samples, every ``SAMPLE_S`` while a command runs: its cluster driver's VmHWM and
+    CPU, the scheduler's VmHWM and the command's own VmHWM (all kernel peaks, so a
+    sample misses only what comes after the last one)."""
+
+    def __init__(self, cmd_pid: int, scheduler_pid: int | None) -> None:
+        self.cmd_pid = cmd_pid
+        self.scheduler_pid = scheduler_pid
+        self.driver_pid: int | None = None
+        self.driver_peak_kb: int | None = None
+        self.driver_cpu_s: float | None = None
+        self.scheduler_peak_kb: int | None = None
+        self.cmd_peak_kb: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _max(old: int | None, new: int | None) -> int | None:
+        if new is None:
+            return old
+        return new if old is None else max(old, new)
+
+    def sample(self) -> None:
+        if self.driver_pid is None:
+            self.driver_pid = find_child(self.cmd_pid, DRIVER_MARK)
+        if self.driver_pid is not None:
+            self.driver_peak_kb = self._max(
+                self.driver_peak_kb, proc_status_kb(self.driver_pid, b"VmHWM:")
+            )
+            cpu = proc_cpu(self.driver_pid)
+            if cpu is not None:
+                self.driver_cpu_s = cpu[0]
+        if self.scheduler_pid is not None:
+            self.scheduler_peak_kb = self._max(
+                self.scheduler_peak_kb, proc_status_kb(self.scheduler_pid, b"VmHWM:")
+            )
+        self.cmd_peak_kb = self._max(self.cmd_peak_kb, proc_status_kb(self.cmd_pid, b"VmHWM:"))
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -> Run:
+    """Run ``run.argv`` to its end; measure it and check its output against workload."""
+    out_path = scratch / "out.jsonl"
+    err_path = scratch / "err.txt"
+    cluster.counts()  # forget what earlier runs (and warm-ups) left in the counts
+    sched = cluster.scheduler_pid
+    run.scheduler_rss_before_kb = proc_status_kb(sched, b"VmRSS:")
+    reset_peak(sched)
+    sched_before = proc_cpu(sched)
+    workers_before = cluster.workers_cpu()
+    busy_before = machine_busy_s()
+    bench_before = time.process_time()
+    first: list[float] = []
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        began = time.perf_counter()
+        proc = subprocess.Popen(
+            run.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=scratch,
+            env=cluster.env,
+            start_new_session=True,
+        )
+        pipe = proc.stdout
+        assert pipe is not None
+
+        def copy() -> None:
+            while chunk := os.read(pipe.fileno(), 1 << 20):
+                if not first:
+                    first.append(time.perf_counter())
+                out.write(chunk)
+
+        reader = threading.Thread(target=copy, name="reader", daemon=True)
+        reader.start()
+        watch = Watch(proc.pid, sched)
+        timer = threading.Timer(RUN_TIMEOUT_S, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            # Wait for its exit without reaping it: its zombie still holds its CPU times,
+            # and those of the children it waited for (the cluster driver).
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            ended = time.perf_counter()
+            cpu = proc_cpu(proc.pid)
+            _, status, _ = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            timer.cancel()
+            watch.stop()
+            with contextlib.suppress(OSError):  # whatever it left in its group
+                os.killpg(proc.pid, signal.SIGKILL)
+        reader.join()
+        pipe.close()
+    run.wall_s = ended - began
+    run.tps = run.n / run.wall_s
+    run.first_result_s = first[0] - began if first else None
+    run.returncode = proc.returncode
+    if cpu is not None:
+        run.cmd_cpu_s, run.cmd_children_cpu_s = cpu
+    sched_after = proc_cpu(sched)
+    if sched_before is not None and sched_after is not None:
+        run.scheduler_cpu_s = sched_after[0] - sched_before[0]
+    run.workers_cpu_s = cluster.workers_cpu() - workers_before
+    run.machine_busy_s = machine_busy_s() - busy_before
+    run.bench_cpu_s = time.process_time() - bench_before
+    watch.scheduler_peak_kb = Watch._max(watch.scheduler_peak_kb, proc_status_kb(sched, b"VmHWM:"))
+    run.driver_peak_kb = watch.driver_peak_kb
+    run.driver_cpu_sampled_s = watch.driver_cpu_s
+    run.scheduler_peak_kb = watch.scheduler_peak_kb
+    run.cmd_peak_kb = watch.cmd_peak_kb
+    if run.method == "cluster":
+        run.driver_cpu_s = run.cmd_children_cpu_s
+    elif run.method == "plain-dask":
+        run.driver_cpu_s = run.cmd_cpu_s
+    counts = cluster.counts()
+    if counts is not None:
+        run.batches = int(counts["batches"])
+        run.dask_tasks = int(counts["tasks"])
+        run.batch_compute_s = [round(float(s), 3) for s in counts["compute"]]
+    run.problems = check_output(out_path, workload)
+    if run.returncode != 0:
+        run.problems.insert(0, f"exit status {run.returncode}")
+    run.ok = not run.problems
+    if not run.ok:
+        run.stderr_tail = err_path.read_bytes()[-3000:].decode(errors="replace")
+    return run
+
+
+# -- the plain Dask client -----------------------------------------------------------------
+
+
+def plain_dask_driver(address: str, path: str) -> int:
+    """One ``client.submit`` per task, then ``as_completed``; a JSON line per result on
+    stdout, as leanpool prints them."""
+    Client, as_completed = distributed().Client, distributed().as_completed
+    client = Client(address, timeout=60)  # the default client: as_completed uses it
+    ids: dict[str, int] = {}
+    futures = []
+    with open(path, "rb") as f:
+        for line in f:
+            task = json.loads(line)
+            future = client.submit(
+                subprocess.run, ["/bin/sh", "-c", task["cmd"]], capture_output=True, pure=False
+            )
+            ids[str(future.key)] = task["id"]
+            futures.append(future)
+    out = sys.stdout.buffer
+    completed = as_completed(futures)
+    futures.clear()  # each future is released as soon as its result is written
+    for future in completed:
+        done: subprocess.CompletedProcess[bytes] = future.result()
+        record = {
+            "id": ids.pop(str(future.key)),
+            "status": done.returncode,
+            "stdout": done.stdout.decode(errors="replace"),
+            "stderr": done.stderr.decode(errors="replace"),
+        }
+        out.write(json.dumps(record).encode() + b"\n")
+        del future
+    out.flush()
+    client.close()
+    return 0
+
+
+# -- the phases ----------------------------------------------------------------------------
+
+
+def argv_for(
+    method: str, workload: Workload, cluster: Cluster, threads: int, script: Path
+) -> tuple[list[str], int]:
+    """The command of one method, and the tasks each batch (or runner) runs at once."""
+    if method == "local":
+        per = workload.parallel
+        return [
+            sys.executable,
+            "-m",
+            "leanpool",
+            "run",
+            str(workload.path),
+            "-j",
+            str(per),
+            "--no-progress",
+        ], per
+    if method == "cluster":
+        per = max(1, workload.parallel // (WORKERS * threads))
+        return [
+            sys.executable,
+            "-m",
+            "leanpool",
+            "run",
+            str(workload.path),
+            "--cluster",
+            cluster.address,
+            "-j",
+            str(per),
+            "--no-progress",
+        ], per
+    return [
+        sys.executable,
+        str(script),
+        "--plain-dask-driver",
+        cluster.address,
+        str(workload.path),
+    ], 1
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any]
+    args: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def save(self, out: str) -> None:
+        data = {
+            "meta": self.meta,
+            "args": self.args,
+            "notes": self.notes,
+            "runs": [asdict(r) for r in self.runs],
+            "summary": summarize(self.runs),
+        }
+        Path(out + ".json").write_text(json.dumps(data, indent=1) + "\n")
+        Path(out + ".txt").write_text("\n".join(self.lines) + "\n")
+
+
+def fmt_us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def fmt_mb(kb: int | None) -> str:
+    return "-" if kb is None else f"{kb / 1024:,.1f}"
+
+
+def describe(run: Run) -> str:
+    verdict = "ok" if run.ok else "FAILED: " + "; ".join(run.problems[:3])
+    batches = "" if run.batches is None else f", {run.batches} batches"
+    tasks = "" if not run.dask_tasks else f", {run.dask_tasks} dask tasks"
+    driver = run.per_task_us(run.driver_cpu_s)
+    return (
+        f"  {run.workload:<6} {run.method:<11} rep {run.rep}: {run.wall_s:7.2f} s "
+        f"{run.tps:8,.0f}/s  driver {fmt_us(driver)} us/task, scheduler "
+        f"{fmt_us(run.per_task_us(run.scheduler_cpu_s))} us/task{batches}{tasks}  {verdict}"
+    )
+
+
+def speed_phase(
+    report: Report,
+    cluster: Cluster,
+    workloads: list[Workload],
+    repeats: int,
+    scratch: Path,
+    script: Path,
+    methods: Sequence[str],
+    phase: str,
+) -> None:
+    for workload in workloads:
+        for rep in range(repeats):
+            for method in methods:
+                argv, per = argv_for(method, workload, cluster, cluster.nthreads, script)
+                run = Run(
+                    phase, workload.name, method, rep, workload.n, per, cluster.nthreads, argv
+                )
+                run_command(run, workload, cluster, scratch)
+                report.runs.append(run)
+                report.say(describe(run))
+                if not run.ok:
+                    report.say(f"    stderr tail: {run.stderr_tail[-600:]!r}")
+
+
+def warm_up(report: Report, cluster: Cluster, scratch: Path, script: Path) -> None:
+    """One small unmeasured run of each method: the workers import leanpool, the page
+    cache holds the interpreter and the libraries."""
+    workload = write_workload("echo", 200, 8, scratch, 1)
+    for method in METHODS:
+        argv, per = argv_for(method, workload, cluster, cluster.nthreads, script)
+        run = Run("warmup", "echo", method, 0, workload.n, per, cluster.nthreads, argv)
+        run_command(run, workload, cluster, scratch)
+        if not run.ok:
+            report.say(f"  warm-up {method} FAILED: {run.problems} {run.stderr_tail[-600:]!r}")
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: list[Run]) -> dict[str, Any]:
+    """Per (phase, workload, method): rates and costs over its good runs; per workload,
+    the paired ratios; the memory runs as they are."""
+    groups: dict[tuple[str, str, str, int], list[Run]] = {}
+    for run in runs:
+        if run.phase in ("startup", "speed", "threads4"):
+            key = (run.phase, run.workload, run.method, run.threads_per_worker)
+            groups.setdefault(key, []).append(run)
+    rows: list[dict[str, Any]] = []
+    for (phase, workload, method, threads), group in groups.items():
+        good = [r for r in group if r.ok]
+        rows.append(
+            {
+                "phase": phase,
+                "workload": workload,
+                "method": method,
+                "threads_per_worker": threads,
+                "parallel_per_batch": group[0].parallel_per_batch,
+                "n": group[0].n,
+                "runs": len(group),
+                "failed": len(group) - len(good),
+                "tps_best": max((r.tps for r in good), default=None),
+                "tps_median": _median([r.tps for r in good]),
+                "wall_median_s": _median([r.wall_s for r in good]),
+                "first_result_median_s": _median(
+                    [r.first_result_s for r in good if r.first_result_s is not None]
+                ),
+                "driver_us_per_task": _median(
+                    [r.driver_cpu_s / r.n * 1e6 for r in good if r.driver_cpu_s is not None]
+                ),
+                "driver_sampled_us_per_task": _median(
+                    [
+                        r.driver_cpu_sampled_s / r.n * 1e6
+                        for r in good
+                        if r.driver_cpu_sampled_s is not None
+                    ]
+                ),
+                "cmd_us_per_task": _median([r.cmd_cpu_s / r.n * 1e6 for r in good]),
+                "scheduler_us_per_task": _median([r.scheduler_cpu_s / r.n * 1e6 for r in good]),
+                "workers_us_per_task": _median([r.workers_cpu_s / r.n * 1e6 for r in good]),
+                "machine_us_per_task": _median([r.machine_busy_s / r.n * 1e6 for r in good]),
+                "batches_median": _median([r.batches for r in good if r.batches is not None]),
+                "batch_compute_median_s": _median([s for r in good for s in r.batch_compute_s]),
+                "batch_compute_max_s": max(
+                    (s for r in good for s in r.batch_compute_s), default=None
+                ),
+                "driver_peak_mb": max(
+                    (r.driver_peak_kb / 1024 for r in good if r.driver_peak_kb), default=None
+                ),
+            }
+        )
+    # A driver's CPU beyond its fixed cost (importing dask, connecting, starting): the
+    # same run's CPU less the median of the one-task runs, over the tasks beyond one.
+    fixed = {
+        row["method"]: _median(
+            [
+                r.driver_cpu_s
+                for r in runs
+                if r.phase == "startup"
+                and r.ok
+                and r.method == row["method"]
+                and r.driver_cpu_s is not None
+            ]
+        )
+        for row in rows
+        if row["phase"] == "startup"
+    }
+    for row in rows:
+        base = fixed.get(row["method"])
+        good = [
+            r
+            for r in groups[
+                (row["phase"], row["workload"], row["method"], row["threads_per_worker"])
+            ]
+            if r.ok
+        ]
+        marginal = [
+            (r.driver_cpu_s - base) / (r.n - 1) * 1e6
+            for r in good
+            if base is not None and r.driver_cpu_s is not None and r.n > 1
+        ]
+        row["driver_fixed_s"] = base
+        row["driver_marginal_us_per_task"] = _median(marginal)
+    ratios = []
+    speed = [r for r in runs if r.phase == "speed"]
+    for workload in dict.fromkeys(r.workload for r in speed):
+        for other in ("local", "plain-dask"):
+            pairs = []
+            for rep in sorted({r.rep for r in speed}):
+                by = {r.method: r for r in speed if r.workload == workload and r.rep == rep}
+                a, b = by.get("cluster"), by.get(other)
+                if a is not None and b is not None and a.ok and b.ok:
+                    pairs.append(a.tps / b.tps)
+            ratios.append(
+                {
+                    "workload": workload,
+                    "ratio": f"cluster/{other}",
+                    "pairs": [round(p, 3) for p in pairs],
+                    "best": max(pairs, default=None),
+                    "median": _median(pairs),
+                }
+            )
+    memory = [
+        {
+            "n": r.n,
+            "ok": r.ok,
+            "wall_s": r.wall_s,
+            "tps": r.tps,
+            "driver_peak_mb": None if r.driver_peak_kb is None else r.driver_peak_kb / 1024,
+            "scheduler_rss_before_mb": None
+            if r.scheduler_rss_before_kb is None
+            else r.scheduler_rss_before_kb / 1024,
+            "scheduler_peak_mb": None
+            if r.scheduler_peak_kb is None
+            else r.scheduler_peak_kb / 1024,
+            "cli_peak_mb": None if r.cmd_peak_kb is None else r.cmd_peak_kb / 1024,
+            "driver_us_per_task": r.per_task_us(r.driver_cpu_s),
+            "driver_marginal_us_per_task": None
+            if r.driver_cpu_s is None or fixed.get("cluster") is None
+            else (r.driver_cpu_s - (fixed["cluster"] or 0.0)) / (r.n - 1) * 1e6,
+            "scheduler_us_per_task": r.per_task_us(r.scheduler_cpu_s),
+            "batches": r.batches,
+            "batch_compute_median_s": _median(r.batch_compute_s),
+        }
+        for r in runs
+        if r.phase == "memory"
+    ]
+    return {"methods": rows, "ratios": ratios, "memory": memory}
+
+
+def print_summary(report: Report) -> None:
+    summary = summarize(report.runs)
+    say = report.say
+    say("\nSpeed (good runs only; tps best/median; CPU medians, microseconds per task)")
+    say(
+        f"  {'workload':<8} {'method':<11} {'thr':>3} {'-j':>3} {'n':>6} {'best/s':>8} "
+        f"{'median/s':>8} {'wall s':>7} {'first s':>7} {'driver':>7} {'drv+':>6} {'sched':>6} "
+        f"{'workers':>7} {'machine':>7} {'batches':>7} {'batch s':>7} {'fail':>4}"
+    )
+    for row in summary["methods"]:
+
+        def num(key: str, spec: str, row: dict[str, Any] = row) -> str:
+            value = row[key]
+            return "-" if value is None else format(value, spec)
+
+        say(
+            f"  {row['workload']:<8} {row['method']:<11} {row['threads_per_worker']:>3} "
+            f"{row['parallel_per_batch']:>3} {row['n']:>6} {num('tps_best', ',.0f'):>8} "
+            f"{num('tps_median', ',.0f'):>8} {num('wall_median_s', '.2f'):>7} "
+            f"{num('first_result_median_s', '.2f'):>7} {num('driver_us_per_task', ',.0f'):>7} "
+            f"{num('driver_marginal_us_per_task', ',.0f'):>6} "
+            f"{num('scheduler_us_per_task', ',.0f'):>6} {num('workers_us_per_task', ',.0f'):>7} "
+            f"{num('machine_us_per_task', ',.0f'):>7} {num('batches_median', '.0f'):>7} "
+            f"{num('batch_compute_median_s', '.2f'):>7} {row['failed']:>4}"
+        )
+    say("  driver: the cluster driver (cluster) or the plain Dask client, per task; drv+:")
+    say("  the same beyond its fixed cost (the median one-task run's), per task beyond one;")
+    say("  sched: the scheduler; workers: both workers' process trees (tasks included);")
+    say("  machine: all busy CPU; batch s: median compute seconds of leanpool's batches")
+    say("  on a worker; thr: threads per worker; -j: tasks at once per batch (runner).")
+    say("\nPaired ratios of tasks/s (same repeat)")
+    for ratio in summary["ratios"]:
+        pairs = ", ".join(f"{p:.2f}" for p in ratio["pairs"])
+        best = "-" if ratio["best"] is None else f"{ratio['best']:.2f}"
+        median = "-" if ratio["median"] is None else f"{ratio['median']:.2f}"
+        say(
+            f"  {ratio['workload']:<6} {ratio['ratio']:<20} best {best}  median {median}  ({pairs})"
+        )
+    if summary["memory"]:
+        say("\nMemory: `true` tasks on the cluster, -j 8 per batch (peak RSS, MB)")
+        say(
+            f"  {'n':>9} {'wall s':>7} {'tasks/s':>8} {'driver':>7} {'sched before':>12} "
+            f"{'sched peak':>10} {'CLI':>6} {'drv us':>6} {'drv+':>6} {'sch us':>6} "
+            f"{'batches':>7}  ok"
+        )
+        for m in summary["memory"]:
+
+            def mb(key: str, m: dict[str, Any] = m) -> str:
+                return "-" if m[key] is None else f"{m[key]:.1f}"
+
+            say(
+                f"  {m['n']:>9,} {m['wall_s']:>7.1f} {m['tps']:>8,.0f} {mb('driver_peak_mb'):>7} "
+                f"{mb('scheduler_rss_before_mb'):>12} {mb('scheduler_peak_mb'):>10} "
+                f"{mb('cli_peak_mb'):>6} {fmt_us(m['driver_us_per_task']):>6} "
+                f"{fmt_us(m['driver_marginal_us_per_task']):>6} "
+                f"{fmt_us(m['scheduler_us_per_task']):>6} {m['batches'] or '-':>7}  {m['ok']}"
+            )
+    print_targets(report, summary)
+
+
+def print_targets(report: Report, summary: dict[str, Any]) -> None:
+    say = report.say
+    say("\nTargets")
+    for ratio in summary["ratios"]:
+        goal = 0.8 if ratio["ratio"] == "cluster/local" else 3.0
+        if ratio["median"] is None:
+            say(f"  NOT MEASURED  {ratio['workload']} {ratio['ratio']} >= {goal}")
+            continue
+        met = "MET    " if ratio["median"] >= goal else "NOT MET"
+        say(
+            f"  {met}  {ratio['workload']} {ratio['ratio']} >= {goal}: median of pairs "
+            f"{ratio['median']:.2f} (best {ratio['best']:.2f})"
+        )
+    memory = [m for m in summary["memory"] if m["ok"]]
+    if len(memory) >= 2:
+        low, high = memory[0], memory[-1]
+        for key, name in (("driver_peak_mb", "driver"), ("scheduler_peak_mb", "scheduler")):
+            if low[key] is None or high[key] is None:
+                continue
+            flat = high[key] <= 1.25 * low[key]
+            size = "" if high["n"] >= 1_000_000 else " (1,000,000 not measured)"
+            say(
+                f"  {'MET    ' if flat and not size else 'NOT MET'}  {name} peak RSS flat "
+                f"(within 25%) from {low['n']:,} to 1,000,000 tasks: {low[key]:.1f} MB at "
+                f"{low['n']:,}, {high[key]:.1f} MB at {high['n']:,}{size}"
+            )
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def git(*args: str) -> str | None:
+    done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def unpack_source(commit: str, scratch: Path) -> Path:
+    """``git archive COMMIT src``, unpacked under scratch: the leanpool measured."""
+    archive = scratch / "src.tar"
+    with open(archive, "wb") as f:
+        subprocess.run(["git", "archive", commit, "src"], stdout=f, cwd=REPO, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(scratch / "code", filter="data")
+    return scratch / "code" / "src"
+
+
+def machine_info(commit: str, src: Path) -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "memory": meminfo.split(":", 1)[1].strip(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dask": importlib.metadata.version("dask"),
+        "distributed": importlib.metadata.version("distributed"),
+        "bin_sh": os.path.realpath("/bin/sh"),
+        "commit": git("rev-parse", commit),
+        "commit_short": git("rev-parse", "--short", commit),
+        "measured_source": f"git archive {commit} src, unpacked to {src} (PYTHONPATH)",
+        "checkout_src_dirty": bool(git("status", "--porcelain", "--", "src")),
+        "argv": sys.argv,
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="leanpool on a 2-worker Dask cluster vs local leanpool vs plain Dask."
+    )
+    parser.add_argument("-n-echo", type=int, default=20_000, help="echo tasks per run (20000)")
+    parser.add_argument("-n-sleep", type=int, default=4_000, help="sleep tasks per run (4000)")
+    parser.add_argument("-r", "--repeats", type=int, default=3, help="repeats (3)")
+    parser.add_argument(
+        "--memory-sizes", default="10000,100000", help="`true` task counts of the memory runs"
+    )
+    parser.add_argument(
+        "--memory-big",
+        type=int,
+        default=1_000_000,
+        help="one more memory run of this many tasks (0: none) ...",
+    )
+    parser.add_argument(
+        "--memory-big-if",
+        type=float,
+        default=180.0,
+        help="... when the largest --memory-sizes run took under this many seconds (180)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=1500.0,
+        help="... and when it should end within this many seconds of the start (1500)",
+    )
+    parser.add_argument(
+        "--no-threads4", action="store_true", help="skip plain Dask on 4-thread workers"
+    )
+    parser.add_argument("--commit", default="HEAD", help="the leanpool measured (HEAD)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the sleep durations")
+    parser.add_argument(
+        "--out",
+        default=str(HERE / "results" / f"cluster-{time.strftime('%Y-%m-%d')}"),
+        help="write OUT.json and OUT.txt",
+    )
+    parser.add_argument(
+        "--plain-dask-driver", nargs=2, metavar=("ADDRESS", "FILE"), help=argparse.SUPPRESS
+    )
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def terminated_on_sigterm() -> Iterator[None]:
+    """A SIGTERM ends the run through the finally clauses (so the cluster is torn down)."""
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.plain_dask_driver:
+        return plain_dask_driver(*args.plain_dask_driver)
+    began = time.monotonic()
+    script = Path(__file__).resolve()
+    scratch = Path(tempfile.mkdtemp(prefix="leanpool-cluster-bench-"))
+    src = unpack_source(args.commit, scratch)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    meta = machine_info(args.commit, src)
+    report = Report(meta, {k: v for k, v in vars(args).items() if k != "plain_dask_driver"})
+    report.say(
+        f"{meta['date']}  {meta['nproc']} CPUs, {meta['memory']}, kernel {meta['kernel']}, "
+        f"Python {meta['python']}, dask {meta['dask']}, distributed {meta['distributed']}"
+    )
+    report.say(
+        f"measured: leanpool at {meta['commit_short']} ({meta['measured_source']}); "
+        f"checkout src/ dirty: {meta['checkout_src_dirty']}"
+    )
+    report.say(f"command: {' '.join(sys.argv)}")
+    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    try:
+        with terminated_on_sigterm():
+            echo = write_workload("echo", args.n_echo, 8, scratch, args.seed)
+            sleep = write_workload("sleep", args.n_sleep, 16, scratch, args.seed)
+            with Cluster(scratch, 1, env, "t1") as cluster:
+                report.say(
+                    f"\ncluster {cluster.address}: {WORKERS} workers x 1 thread; workers' "
+                    f"leanpool: {', '.join(cluster.leanpool_on_workers)}"
+                )
+                warm_up(report, cluster, scratch, script)
+                one = write_workload("echo", 1, 8, scratch, args.seed)
+                report.say("\n== start-up: one `echo 0` task, 3 repeats, A B C in turn")
+                speed_phase(report, cluster, [one], 3, scratch, script, METHODS, "startup")
+                report.say(f"\n== speed: {args.repeats} repeats, A B C in turn")
+                speed_phase(
+                    report,
+                    cluster,
+                    [echo, sleep],
+                    args.repeats,
+                    scratch,
+                    script,
+                    METHODS,
+                    "speed",
+                )
+                report.save(args.out)
+            if not args.no_threads4:
+                with Cluster(scratch, 4, env, "t4") as cluster:
+                    report.say(
+                        f"\n== plain Dask on {WORKERS} workers x 4 threads ({cluster.address}),"
+                        " once per workload"
+                    )
+                    warm_up(report, cluster, scratch, script)
+                    speed_phase(
+                        report,
+                        cluster,
+                        [echo, sleep],
+                        1,
+                        scratch,
+                        script,
+                        ("plain-dask",),
+                        "threads4",
+                    )
+                    report.save(args.out)
+            with Cluster(scratch, 1, env, "mem") as cluster:
+                report.say(
+                    f"\n== memory: `true` tasks on a fresh cluster ({cluster.address}), "
+                    "-j 8 per batch"
+                )
+                warm_up(report, cluster, scratch, script)
+                planned = list(sizes)
+                for i, n in enumerate(planned):
+                    workload = write_workload("true", n, 8 * WORKERS, scratch, args.seed)
+                    argv_, per = argv_for("cluster", workload, cluster, 1, script)
+                    run = Run("memory", "true", "cluster", 0, n, per, 1, argv_)
+                    run_command(run, workload, cluster, scratch)
+                    workload.path.unlink()
+                    report.runs.append(run)
+                    report.say(
+                        describe(run) + f"; driver peak {fmt_mb(run.driver_peak_kb)} MB, "
+                        f"scheduler peak {fmt_mb(run.scheduler_peak_kb)} MB"
+                    )
+                    report.save(args.out)
+                    last = i == len(planned) - 1
+                    if last and args.memory_big > n and n == max(sizes):
+                        guess = args.memory_big / run.tps * 1.2 + 30
+                        spent = time.monotonic() - began
+                        if run.wall_s < args.memory_big_if and spent + guess < args.budget_s:
+                            planned.append(args.memory_big)
+                        else:
+                            note = (
+                                f"{args.memory_big:,} tasks not run: {n:,} took "
+                                f"{run.wall_s:.0f} s (limit {args.memory_big_if:.0f} s); "
+                                f"{spent:.0f} s spent, about {guess:.0f} s more needed "
+                                f"(budget {args.budget_s:.0f} s)"
+                            )
+                            report.notes.append(note)
+                            report.say("  " + note)
+        print_summary(report)
+        report.say(f"\ntotal wall time of the benchmark: {time.monotonic() - began:.0f} s")
+    finally:
+        report.save(args.out)
+        if all(r.ok for r in report.runs):
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            print(f"kept {scratch} (a run failed)", file=sys.stderr)
+    return 0 if all(r.ok for r in report.runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""Runs on a real Dask cluster: a LocalCluster on 127.0.0.1, in a process of its own.
+
+The same task file, the same results, the same journal and resume as a local run; a
+worker, the driver, the caller or the whole cluster killed mid-run; Ctrl-C; bad cluster
+input.  Every task process on the workers carries this session's mark, so the leak
+check after each test (conftest) also proves that none survived on any worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from leanpool import ClusterError, TaskRunner
+from tests.helpers import PY, alive, leanpool_cli, run_marked_pids, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+if os.environ.get("CI") == "true":
+    import distributed  # CI installs the dask extra: a missing one fails there
+else:
+    distributed = pytest.importorskip("distributed", reason="pip install -e '.[test,dask]'")
+
+import contextlib
+
+import leanpool
+
+HERE = Path(__file__).parent
+REAL_TMP = tempfile.gettempdir()
+"""The machine's temporary directory, read before any test gives itself a private one:
+Dask's scratch space goes there, in a directory of each cluster's own, removed after."""
+SITE_PACKAGES = str(Path(distributed.__file__).parent.parent)
+SOURCE = Path(leanpool.__file__).parent
+
+
+class Cluster:
+    """A LocalCluster in a process (and process group) of its own."""
+
+    def __init__(self, workers: int, *, pythonpath: str | None = None) -> None:
+        argv = [PY, str(HERE / "dask_cluster.py"), str(workers)]
+        self.scratch = tempfile.mkdtemp(prefix="leanpool-test-dask-", dir=REAL_TMP)
+        env = dict(os.environ, TMPDIR=self.scratch)
+        if pythonpath is not None:  # no site: only what the path holds is importable
+            argv.insert(1, "-S")
+            env["PYTHONPATH"] = pythonpath
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        assert line.startswith("tcp://127.0.0.1:"), f"the cluster did not start: {line!r}"
+        self.address = line
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes (multiprocessing's spawned children of the cluster)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[1]) == self.proc.pid and b"spawn_main" in cmdline and stat[0] != "Z":
+                found.append(int(entry.name))
+        return found
+
+    def kill(self) -> None:
+        """The whole cluster goes away at once."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(15)
+        self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Two worker processes of one thread each, shared by the tests that break nothing."""
+    started = Cluster(2)
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster for one test that kills part of it."""
+    started = Cluster(2)
+    yield started
+    started.close()
+
+
+def write_tasks(path: Path, tasks: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    return path
+
+
+def records(stdout: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def journal_ids(path: Path) -> list[Any]:
+    return [json.loads(line)["id"] for line in path.read_bytes().splitlines()]
+
+
+def comparable(record: dict[str, object]) -> tuple[object, ...]:
+    return (record["id"], record["status"], record["ok"], record["stdout"], record["stderr"])
+
+
+MIXED: list[dict[str, object]] = [
+    {"id": 0, "cmd": "echo zero"},
+    {"id": "err", "cmd": "echo oops >&2; exit 3"},
+    {"id": 2, "cmd": ["printf", "%s|", "a b", "c"]},
+    {"id": 3, "cmd": "cat", "stdin": "fed\n"},
+    {"id": 4, "cmd": "echo $LP_X", "env": {"LP_X": "set"}},
+    {"id": 5, "cmd": "pwd", "cwd": "/"},
+    {"id": 6, "cmd": "sleep 5", "timeout": 0.3},
+    {"id": 7, "cmd": "head -c 300000 /dev/zero | tr '\\0' x"},
+    {"id": 8, "cmd": "printf '\\377\\376'"},
+    {"id": 9, "cmd": "/nonexistent/program"},
+    {"id": 10, "call": "json:dumps", "args": [[1, 2]], "kwargs": {"indent": None}},
+] + [{"id": 100 + i, "cmd": f"echo {i}"} for i in range(150)]
+
+
+def test_results_equal_a_local_run(cluster: Cluster, tmp_path: Path) -> None:
+    """Every kind of task, with output big, odd and binary, comes back as a local run
+    gives it: the same records but for timings."""
+    tasks = write_tasks(tmp_path / "t.jsonl", MIXED)
+    local = leanpool_cli("run", str(tasks), "--max-output", "200000")
+    remote = leanpool_cli("run", str(tasks), "--max-output", "200000", "--cluster", cluster.address)
+    assert remote.returncode == local.returncode == 1, remote.stderr
+    by_id = {r["id"]: r for r in records(remote.stdout)}
+    assert len(by_id) == len(MIXED) == len(records(remote.stdout))
+    for expected in records(local.stdout):
+        got = by_id[expected["id"]]
+        assert comparable(got) == comparable(expected)
+        for key in ("timed_out", "stdout_truncated", "stdout_b64", "error", "value", "signal"):
+            assert got.get(key) == expected.get(key), key
+    assert by_id[6]["timed_out"] is True
+    assert by_id[10]["value"] == "[1, 2]"
+
+
+def test_lines_ordered_and_journal(cluster: Cluster, tmp_path: Path) -> None:
+    """``--lines`` ids are the file's line numbers (blank lines count) wherever the
+    batch ran; ``--ordered`` keeps file order across batches; the journal has each id
+    once with its line's digest, and a resume runs nothing again."""
+    lines = tmp_path / "cmds.txt"
+    lines.write_bytes(b"".join(b"echo line %d\n" % i if i % 10 else b"\n" for i in range(1, 301)))
+    journal = tmp_path / "j.jsonl"
+    first = leanpool_cli(
+        "run", str(lines), "--lines", "--ordered", "--journal", str(journal),
+        "--cluster", cluster.address, "-j", "3",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    got = records(first.stdout)
+    expected_ids = [i for i in range(1, 301) if i % 10]
+    assert [r["id"] for r in got] == expected_ids
+    assert all(r["stdout"] == f"line {r['id']}\n" for r in got)
+    recorded = [json.loads(line) for line in journal.read_bytes().splitlines()]
+    assert sorted(r["id"] for r in recorded) == expected_ids
+    assert all(len(r["task"]) == 16 for r in recorded)
+    again = leanpool_cli(
+        "run", str(lines), "--lines", "--journal", str(journal), "--resume",
+        "--cluster", cluster.address,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == b""
+    assert len(journal_ids(journal)) == len(expected_ids)
+
+
+def test_task_runner_streams_calls_and_commands(cluster: Cluster) -> None:
+    """The library on a cluster: commands and calls, tasks added from the loop body,
+    a cancel, and a ``distributed.Client`` naming the cluster."""
+    from distributed import Client
+
+    with Client(cluster.address, set_as_default=False) as client:
+        runner = TaskRunner(2, cluster=client)
+    runner.add("first", "echo 1")
+    runner.add_call("call", "math:factorial", (10,))
+    runner.add("long", "sleep 30")
+    seen: dict[object, object] = {}
+    for result in runner.run():
+        seen[result.id] = result
+        if result.id == "first":
+            runner.add("added", "echo from the loop")
+            runner.cancel("long")
+    assert set(seen) == {"first", "call", "long", "added"}
+    assert seen["call"].value == 3628800  # type: ignore[attr-defined]
+    assert seen["added"].stdout == "from the loop\n"  # type: ignore[attr-defined]
+    assert seen["long"].cancelled  # type: ignore[attr-defined]
+    assert runner.summary is not None
+    assert runner.summary.completed == 4
+
+
+def test_halt_stops_every_batch(cluster: Cluster, tmp_path: Path) -> None:
+    """``--halt 1``: the first failure anywhere stops new starts in every batch; the
+    run says it halted and leaves the rest unfinished."""
+    tasks = [{"id": 0, "cmd": "exit 1"}] + [{"id": i, "cmd": "sleep 0.2"} for i in range(1, 200)]
+    path = write_tasks(tmp_path / "t.jsonl", tasks)
+    started = time.monotonic()
+    proc = leanpool_cli("run", str(path), "--halt", "1", "--cluster", cluster.address, "-j", "2")
+    assert proc.returncode == 1
+    assert b"halted after 1 failed" in proc.stderr
+    done = records(proc.stdout)
+    assert 1 <= len(done) < 40  # 199 x 0.2 s over 4 slots would take 10 s
+    assert time.monotonic() - started < 8
+
+
+def test_worker_killed_mid_run(own_cluster: Cluster, tmp_path: Path) -> None:
+    """A worker process SIGKILLed mid-run: its batch runs again elsewhere, the journal
+    ends with exactly one record per id, and its tasks died with it."""
+    tasks = write_tasks(
+        tmp_path / "t.jsonl", [{"id": i, "cmd": f"sleep 0.1; echo {i}"} for i in range(120)]
+    )
+    journal = tmp_path / "j.jsonl"
+    proc = subprocess.Popen(
+        [PY, "-m", "leanpool", "run", str(tasks), "--journal", str(journal),
+         "--cluster", own_cluster.address, "-j", "2"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for(lambda: journal.exists() and journal.stat().st_size > 0, 30, "first results")
+    victims = own_cluster.worker_pids()
+    assert len(victims) == 2
+    os.kill(victims[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    ids = journal_ids(journal)
+    assert Counter(ids) == Counter(range(120))
+    assert sorted(r["id"] for r in records(out)) == list(range(120))
+
+
+def test_ctrl_c_stops_every_task_on_the_workers(cluster: Cluster, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the CLI's process group, as a terminal sends it): exit 130, and
+    no task process survives on any worker by more than 2 s."""
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"id": i, "cmd": "sleep 30"} for i in range(40)])
+    proc = subprocess.Popen(
+        [PY, "-m", "leanpool", "run", str(tasks), "--cluster", cluster.address, "-j", "3"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    wait_for(lambda: len(run_marked_pids()) >= 6, 30, "the tasks to start on the workers")
+    os.killpg(proc.pid, signal.SIGINT)
+    signalled = time.monotonic()
+    wait_for(lambda: not run_marked_pids(), 2.0, "every task process to be gone")
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - signalled < 8
+
+
+def test_caller_killed_stops_the_run(cluster: Cluster, tmp_path: Path) -> None:
+    """The caller SIGKILLed: the driver sees its stdin close, stops every batch, and no
+    task survives on any worker by more than 2 s."""
+    script = (
+        "import sys\n"
+        "from leanpool import TaskRunner\n"
+        f"r = TaskRunner(2, cluster={cluster.address!r})\n"
+        "for i in range(20): r.add(i, 'sleep 30')\n"
+        "for _ in r.run(): pass\n"
+    )
+    caller = subprocess.Popen([PY, "-c", script], stdin=subprocess.DEVNULL)
+    wait_for(lambda: len(run_marked_pids()) >= 6, 30, "the tasks to start on the workers")
+    caller.kill()
+    caller.wait(5)
+    wait_for(lambda: not run_marked_pids(), 2.0, "every task process to be gone")
+
+
+def test_driver_killed_then_resume(cluster: Cluster, tmp_path: Path) -> None:
+    """The driver SIGKILLed: the caller reports it, the scheduler lets go of its batches
+    and their tasks die; a resume runs the rest, each id exactly once in the journal."""
+    tasks = write_tasks(
+        tmp_path / "t.jsonl", [{"id": i, "cmd": f"sleep 0.05; echo {i}"} for i in range(300)]
+    )
+    journal = tmp_path / "j.jsonl"
+    argv = [PY, "-m", "leanpool", "run", str(tasks), "--journal", str(journal),
+            "--cluster", cluster.address, "-j", "2"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    wait_for(lambda: journal.exists() and journal.stat().st_size > 0, 30, "first results")
+    driver = _driver_of(proc.pid)
+    os.kill(driver, signal.SIGKILL)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1
+    assert b"runner" in err.lower()
+    wait_for(lambda: not run_marked_pids(), 2.0, "every task process to be gone")
+    before = journal_ids(journal)
+    assert 0 < len(before) < 300
+    again = leanpool_cli(*argv[3:], "--resume", timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert Counter(journal_ids(journal)) == Counter(range(300))
+    assert len(records(again.stdout)) == 300 - len(before)
+
+
+def test_cluster_goes_away_then_resume(own_cluster: Cluster, tmp_path: Path) -> None:
+    """The whole cluster killed mid-run: one clear error, a journal holding every result
+    received, and a resume on a new cluster that runs only the rest."""
+    tasks = write_tasks(
+        tmp_path / "t.jsonl", [{"id": i, "cmd": f"sleep 0.05; echo {i}"} for i in range(300)]
+    )
+    journal = tmp_path / "j.jsonl"
+    proc = subprocess.Popen(
+        [PY, "-m", "leanpool", "run", str(tasks), "--journal", str(journal),
+         "--cluster", own_cluster.address, "-j", "2"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for(lambda: journal.exists() and journal.stat().st_size > 0, 30, "first results")
+    own_cluster.kill()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.count(b"error:") == 1, err
+    assert b"lost the scheduler" in err
+    received = records(out)
+    assert sorted(journal_ids(journal)) == sorted(r["id"] for r in received)
+    replacement = Cluster(2)
+    try:
+        again = leanpool_cli(
+            "run", str(tasks), "--journal", str(journal), "--resume",
+            "--cluster", replacement.address, timeout=60,
+        )  # fmt: skip
+    finally:
+        replacement.close()
+    assert again.returncode == 0, again.stderr
+    assert Counter(journal_ids(journal)) == Counter(range(300))
+
+
+def test_address_that_does_not_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens there: one error line after Dask's connect timeout, nothing run,
+    the journal empty."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "1s")
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"id": 1, "cmd": "touch ran"}])
+    journal = tmp_path / "j.jsonl"
+    proc = leanpool_cli(
+        "run", str(tasks), "--journal", str(journal), "--cluster", "tcp://127.0.0.1:9",
+        cwd=str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in lines[0]
+    assert not (tmp_path / "ran").exists()
+    assert journal.read_bytes() == b""
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:8786", "local:0", "local:x", ""])
+def test_bad_cluster_names_are_refused(address: str, tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"id": 1, "cmd": "true"}])
+    proc = leanpool_cli("run", str(tasks), "--cluster", address)
+    assert proc.returncode == 2
+    assert b"cluster must be a scheduler address" in proc.stderr
+    with pytest.raises(ValueError, match="cluster must be"):
+        TaskRunner(cluster=address)
+    with pytest.raises(TypeError, match="cluster must be"):
+        TaskRunner(cluster=8786)
+
+
+def test_workers_without_leanpool(tmp_path: Path) -> None:
+    """A cluster whose Python has no leanpool: one error naming what is missing, and no
+    result recorded."""
+    bare = Cluster(1, pythonpath=SITE_PACKAGES)
+    try:
+        with TaskRunner(cluster=bare.address) as runner:
+            runner.add(1, "true")
+            with pytest.raises(ClusterError, match="No module named 'leanpool'"):
+                list(runner.run())
+    finally:
+        bare.close()
+
+
+def test_workers_of_another_protocol(tmp_path: Path) -> None:
+    """Workers with a leanpool that speaks another protocol version refuse its batches:
+    one error that says so."""
+    copy = tmp_path / "other" / "leanpool"
+    shutil.copytree(SOURCE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    records_py = copy / "_protocol" / "records.py"
+    text = records_py.read_text()
+    assert "PROTOCOL_VERSION: Final = " in text
+    records_py.write_text(
+        text.replace("PROTOCOL_VERSION: Final = ", "PROTOCOL_VERSION: Final = 90 + ", 1)
+    )
+    other = Cluster(1, pythonpath=f"{copy.parent}:{SITE_PACKAGES}")
+    try:
+        tasks = write_tasks(tmp_path / "t.jsonl", [{"id": 1, "cmd": "true"}])
+        proc = leanpool_cli("run", str(tasks), "--cluster", other.address)
+    finally:
+        other.close()
+    assert proc.returncode == 1
+    assert b"speaks protocol 9" in proc.stderr
+    assert b"install the same leanpool" in proc.stderr
+
+
+def test_local_cluster_of_the_drivers_own(tmp_path: Path) -> None:
+    """``--cluster local:2``: the driver starts a LocalCluster, runs, and closes it; none
+    of its processes is left (they carry the run's mark)."""
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"id": i, "cmd": f"echo {i}"} for i in range(30)])
+    proc = leanpool_cli("run", str(tasks), "--cluster", "local:2", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["id"] for r in records(proc.stdout)) == list(range(30))
+
+
+def test_driver_imports_no_dask_into_the_caller() -> None:
+    """The caller never imports dask: the Dask client lives in the driver."""
+    probe = (
+        "import sys\n"
+        "from leanpool import TaskRunner\n"
+        "r = TaskRunner(cluster='tcp://127.0.0.1:1')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))\n"
+    )
+    out = subprocess.run([PY, "-c", probe], capture_output=True, timeout=30, check=True)
+    assert out.stdout.strip() == b"[]"
+
+
+def _driver_of(cli_pid: int) -> int:
+    """The cluster driver the CLI started."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if (
+            int(stat[1]) == cli_pid
+            and b"leanpool._cluster.driver" in cmdline
+            and alive(int(entry.name))
+        ):
+            return int(entry.name)
+    raise AssertionError("no driver found")
