@@ -146,7 +146,8 @@ MIXED: list[dict[str, object]] = [
     {"id": 8, "cmd": "printf '\\377\\376'"},
     {"id": 9, "cmd": "/nonexistent/program"},
     {"id": 10, "call": "json:dumps", "args": [[1, 2]], "kwargs": {"indent": None}},
-] + [{"id": 100 + i, "cmd": f"echo {i}"} for i in range(150)]
+]
+MIXED += [{"id": 100 + i, "cmd": f"echo {i}"} for i in range(150)]
 
 
 def test_results_equal_a_local_run(cluster: Cluster, tmp_path: Path) -> None:
