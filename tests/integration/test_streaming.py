@@ -305,3 +305,42 @@ def test_the_runner_warnings_of_a_run_left_early_still_reach_the_log(
             assert result.id == "fails"
             break
     assert "1 task(s) failed: starting no more tasks" in caplog.text
+
+
+def test_halt_control_starts_nothing_more_and_lets_running_tasks_finish(tmp_path: Path) -> None:
+    """``halt`` on the control channel (what the cluster driver sends every batch): the
+    running tasks finish and report, none starts after it, and the run says halted."""
+    from leanpool._caller.calls import worker_config
+    from leanpool._caller.options import make_options
+    from leanpool._caller.process import RunnerProcess
+    from leanpool._protocol.config import RunnerConfig
+    from leanpool._protocol.reader import Ended, ResultEvent
+
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(
+        "".join(json.dumps({"id": i, "cmd": "sleep 0.5; echo done"}) + "\n" for i in range(10))
+    )
+    config: RunnerConfig = {
+        "options": make_options(parallel=2),
+        "input": {"path": str(tasks), "format": "jsonl", "stream": False},
+        "ordered": False,
+        "cleanup_dir": None,
+        "halt_rule": None,
+        "slot_env": None,
+        "workers": worker_config(),
+        "cluster": None,
+        "spill_dir": None,
+    }
+    runner = RunnerProcess(config, str(tmp_path))
+    try:
+        time.sleep(0.2)  # the first two run
+        runner.halt()
+        events = list(runner.events())
+    finally:
+        runner.close()
+    results = [e.record for e in events if isinstance(e, ResultEvent)]
+    assert [r["stdout"] for r in results] == ["done\n", "done\n"]
+    end = next(e.record for e in events if isinstance(e, Ended))
+    assert end["halted"] is True
+    assert end["unfinished"] == 8
+    assert end["interrupted"] is False

@@ -201,7 +201,7 @@ class ClusterDriver:
             self.journal = Journal(options["journal"], resume=options["resume"] or rerun_failed)
         self.intake = Intake(config["input"], self.journal, rerun_failed=rerun_failed)
         self.outbox = Outbox(select.epoll(), self.journal, ordered=config["ordered"])
-        self.sizer = BatchSizer()
+        self.sizer = BatchSizer(self.cluster["parallel"])
         self.inflight: dict[str, _Batch] = {}
         self.split: list[tuple[Task, int, bytes]] = []
         self.submitted = 0

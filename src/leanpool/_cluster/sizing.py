@@ -27,7 +27,8 @@ TARGET_S: Final = 2.0
 """Seconds of work a batch aims at."""
 
 FIRST: Final = 8
-"""Tasks in a batch before any batch came back."""
+"""Tasks in a batch before any batch came back, when the tasks a batch runs at once
+are not known (the workers choose): one wave of a typical worker's."""
 
 LEAST_S: Final = 0.5
 """Seconds of work below which the tail of a run is not split further."""
@@ -50,9 +51,14 @@ class BatchSizer:
     ``last`` is the size handed out last.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first: int | None = None) -> None:
+        """Args:
+        first: the size before any batch came back: the tasks a batch runs at once,
+            when known (one wave: long tasks are spread over the workers at once).
+        """
+        self.first = first or FIRST
         self.rate: float | None = None
-        self.last = FIRST
+        self.last = self.first
         self._tasks = 0.0
         self._seconds = 0.0
 
@@ -73,12 +79,12 @@ class BatchSizer:
             slots: batches in flight at once.
         """
         if self.rate is None:
-            size = FIRST
+            size = self.first
         else:
             size = min(round(self.rate * TARGET_S), math.ceil(self.last * GROWTH), MOST)
         if left is not None:
             share = math.ceil(left / max(1, slots))
-            least = FIRST if self.rate is None else round(self.rate * LEAST_S)
+            least = 1 if self.rate is None else round(self.rate * LEAST_S)
             size = min(size, max(share, least))
         self.last = max(1, size)
         return self.last
