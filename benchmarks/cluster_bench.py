@@ -7,7 +7,11 @@ Run from a checkout, with dask distributed installed::
 
 It starts a Dask cluster of separate processes on 127.0.0.1 (one scheduler, two
 ``dask worker`` processes of ``--nthreads 1``), so that each one's CPU and memory can be
-read apart, and tears it down at the end, on error too.  Then:
+read apart, and tears it down at the end, on error too.  After a small unmeasured
+warm-up run of each method:
+
+0. Start-up.  One task, 3 times per method: the fixed cost of a run (importing dask,
+   connecting to the scheduler, the first batch), for the CPU per task beyond it.
 
 1. Speed.  The workloads of ``bench.py``, ``echo i`` and ``sleep 0.00X && echo i``
    (X from 1 to 10 ms, seeded), run ``-r`` times by each method in turn (A B C A B C,
@@ -18,7 +22,8 @@ read apart, and tears it down at the end, on error too.  Then:
      each running one batch of P/2 at once: the same P at once in all);
    - ``plain-dask``: a Python client (this script's ``--plain-dask-driver``) doing one
      ``client.submit(subprocess.run, ["/bin/sh", "-c", cmd], ...)`` per task, then
-     ``as_completed``; it runs 2 at once (one per worker thread).
+     ``as_completed(..., with_results=True)``; it runs 2 at once (one per worker
+     thread).
 
    Once more, plain Dask on a second cluster whose workers have ``--nthreads 4``: is it
    bound by its threads or by the scheduler's work per task?
@@ -26,7 +31,8 @@ read apart, and tears it down at the end, on error too.  Then:
 2. Memory.  ``true`` tasks, 10,000 and 100,000 (``--memory-sizes``), on the cluster
    with ``-j 8``: the peak RSS (VmHWM) of the cluster driver, the scheduler (its peak
    reset before each run through ``/proc/PID/clear_refs``) and the CLI; 1,000,000 too
-   (``--memory-big``) when the largest of those took under ``--memory-big-if`` seconds.
+   (``--memory-big``) when the largest of those took under ``--memory-big-if`` seconds
+   and the benchmark would still end within ``--budget-s`` (25 minutes).
 
 Every run's output is checked whole: one result line per task, each id once, status 0,
 its task's exact stdout, empty stderr, and the set of stdouts equal to the expected set.
@@ -644,10 +650,11 @@ def plain_dask_driver(address: str, path: str) -> int:
             ids[str(future.key)] = task["id"]
             futures.append(future)
     out = sys.stdout.buffer
-    completed = as_completed(futures)
+    # with_results: the results are gathered in the background as tasks finish (in a
+    # trial, faster than a blocking future.result() on each).
+    completed = as_completed(futures, with_results=True)
     futures.clear()  # each future is released as soon as its result is written
-    for future in completed:
-        done: subprocess.CompletedProcess[bytes] = future.result()
+    for future, done in completed:
         record = {
             "id": ids.pop(str(future.key)),
             "status": done.returncode,
@@ -655,7 +662,7 @@ def plain_dask_driver(address: str, path: str) -> int:
             "stderr": done.stderr.decode(errors="replace"),
         }
         out.write(json.dumps(record).encode() + b"\n")
-        del future
+        del future, done
     out.flush()
     client.close()
     return 0
@@ -771,11 +778,17 @@ def speed_phase(
                     report.say(f"    stderr tail: {run.stderr_tail[-600:]!r}")
 
 
-def warm_up(report: Report, cluster: Cluster, scratch: Path, script: Path) -> None:
+def warm_up(
+    report: Report,
+    cluster: Cluster,
+    scratch: Path,
+    script: Path,
+    methods: Sequence[str] = METHODS,
+) -> None:
     """One small unmeasured run of each method: the workers import leanpool, the page
     cache holds the interpreter and the libraries."""
     workload = write_workload("echo", 200, 8, scratch, 1)
-    for method in METHODS:
+    for method in methods:
         argv, per = argv_for(method, workload, cluster, cluster.nthreads, script)
         run = Run("warmup", "echo", method, 0, workload.n, per, cluster.nthreads, argv)
         run_command(run, workload, cluster, scratch)
@@ -1157,7 +1170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"\n== plain Dask on {WORKERS} workers x 4 threads ({cluster.address}),"
                         " once per workload"
                     )
-                    warm_up(report, cluster, scratch, script)
+                    warm_up(report, cluster, scratch, script, ("plain-dask",))
                     speed_phase(
                         report,
                         cluster,
@@ -1174,7 +1187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"\n== memory: `true` tasks on a fresh cluster ({cluster.address}), "
                     "-j 8 per batch"
                 )
-                warm_up(report, cluster, scratch, script)
+                warm_up(report, cluster, scratch, script, ("cluster",))
                 planned = list(sizes)
                 for i, n in enumerate(planned):
                     workload = write_workload("true", n, 8 * WORKERS, scratch, args.seed)

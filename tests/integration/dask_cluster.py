@@ -25,7 +25,7 @@ def main() -> None:
         processes=True,
         host="127.0.0.1",
         scheduler_port=0,
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # a free port: no warning when 8787 is busy
     )
     print(cluster.scheduler_address, flush=True)
     sys.stdin.read()  # until the test closes it

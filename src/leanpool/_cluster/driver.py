@@ -442,7 +442,11 @@ class ClusterDriver:
             "parallel": self.cluster["parallel"],
             "slot_env": self.config["slot_env"],
         }
-        future = client.submit(run_batch, spec, key=key, pure=False)
+        try:
+            future = client.submit(run_batch, spec, key=key, pure=False)
+        except Exception as exc:  # the scheduler went away: the run ends, a resume reruns
+            self._fail("cluster", f"cannot submit to the scheduler at {self._address()}: {exc}")
+            return
         batch.future = future
         self.inflight[key] = batch
         self.submitted += len(tasks)
@@ -653,6 +657,9 @@ class ClusterDriver:
         import dask
 
         dask.config.set({"temporary-directory": self._scratch})
+        # Its workers log to the CLI's stderr; what goes wrong in a batch comes back in
+        # its outcome, and their own complaints while the cluster closes are noise.
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
         try:
             self._local_cluster = LocalCluster(
                 n_workers=int(count),
@@ -660,7 +667,9 @@ class ClusterDriver:
                 processes=True,
                 host="127.0.0.1",
                 scheduler_port=0,
-                dashboard_address=None,
+                # No dashboard (bokeh is not installed); its HTTP server on a free
+                # port of the loopback, so that a busy 8787 does not warn.
+                dashboard_address="127.0.0.1:0",
             )
         finally:
             signal.signal(signal.SIGINT, previous)
