@@ -47,15 +47,16 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import JournalError, TaskFileError
+from .._errors import TaskFileError
 from .._protocol.journal import Journal
 from .._protocol.records import PROTOCOL_VERSION, RUN_TOKEN_ENV, encode_line
 from .._protocol.tasks import CallTask
-from .._runner.intake import ControlError, Intake
+from .._runner.intake import Intake
+from .._runner.main import run_main
 from .._runner.outbox import Outbox
+from .._runner.reports import InputReports, end_record, fatal_record
 from .._runner.results import Built, cancelled_result
 from .batch import BatchSpec, ProtocolMismatch, control, run_batch, topic
 from .sizing import PER_THREAD, BatchSizer
@@ -68,9 +69,7 @@ if TYPE_CHECKING:
         EndRecord,
         FatalKind,
         FatalRecord,
-        IdleRecord,
         ResultRecord,
-        SkippedRecord,
         StartRecord,
     )
     from .._protocol.tasks import Task
@@ -209,8 +208,7 @@ class ClusterDriver:
         self._cancel_unread: set[str | int] = set()
         self._batch_options = _batch_options(options)
         self._batches = 0
-        self._idle_at = -1
-        self._skipped_sent = 0
+        self.reports = InputReports(self.intake, self.outbox)
         self._stop_deadline: float | None = None
         self._lost_since: float | None = None
         self._next_look = 0.0
@@ -255,8 +253,7 @@ class ClusterDriver:
         while True:
             if self.phase is Phase.RUNNING:
                 self._fill()
-                if self.intake.skipped != self._skipped_sent:
-                    self._send_skipped()
+                self.reports.skipped()
             if not self.inflight and not self.split and self._over():
                 return
             self.outbox.flush(final=True)
@@ -284,28 +281,10 @@ class ClusterDriver:
         """With nothing in flight: is the run over?  Say ``idle`` when input may grow."""
         if self.phase is not Phase.RUNNING:
             return True
-        intake = self.intake
-        if intake.exhausted:
+        if self.intake.exhausted:
             return True
-        if intake.caught_up and intake.offset != self._idle_at:
-            self._idle_at = intake.offset
-            idle: IdleRecord = {
-                "leanpool": "idle",
-                "protocol": PROTOCOL_VERSION,
-                "offset": intake.offset,
-            }
-            self.outbox.control(encode_line(idle))
+        self.reports.idle()
         return False
-
-    def _send_skipped(self) -> None:
-        self._skipped_sent = self.intake.skipped
-        if self.intake.stream:
-            record: SkippedRecord = {
-                "leanpool": "skipped",
-                "protocol": PROTOCOL_VERSION,
-                "skipped": self._skipped_sent,
-            }
-            self.outbox.control(encode_line(record))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -689,35 +668,21 @@ class ClusterDriver:
 
     def _last_record(self) -> EndRecord | FatalRecord:
         if self.bad_input is not None:
-            return {
-                "leanpool": "fatal",
-                "protocol": PROTOCOL_VERSION,
-                "error": "task_file",
-                "message": str(self.bad_input),
-                "line": self.bad_input.line,
-                "reason": self.bad_input.reason,
-            }
+            return fatal_record("task_file", str(self.bad_input), bad_line=self.bad_input)
         if self.fatal is not None:
-            return {
-                "leanpool": "fatal",
-                "protocol": PROTOCOL_VERSION,
-                "error": self.fatal[0],
-                "message": self.fatal[1],
-            }
-        intake = self.intake
-        return {
-            "leanpool": "end",
-            "protocol": PROTOCOL_VERSION,
-            "tasks": intake.tasks,
-            "skipped": intake.skipped,
-            "completed": self.completed,
-            "failed": self.failed,
-            "unfinished": intake.tasks - intake.skipped - self.completed,
-            "skipped_failed": intake.skipped_failed,
-            "halted": self.halted,
-            "interrupted": self.stopped_by is not None,
-            "stopped_by": self.stopped_by,
-        }
+            return fatal_record(*self.fatal)
+        return end_record(
+            self.intake,
+            completed=self.completed,
+            failed=self.failed,
+            halted=self.halted,
+            stopped_by=self.stopped_by,
+        )
+
+    def abandon(self) -> None:
+        """After an unexpected failure: let go of the batches, and of the cluster."""
+        self._cancel_all()
+        self._disconnect()
 
 
 class _ClusterUnusable(Exception):
@@ -750,50 +715,7 @@ def _warn(message: str) -> None:
 
 def main(argv: list[str]) -> int:
     """Run the tasks the JSON config in argv[0] describes on its cluster."""
-    driver = None
-    try:
-        config: RunnerConfig = json.loads(argv[0])
-        driver = ClusterDriver(config)
-        return driver.run()
-    except TaskFileError as exc:
-        _fatal(driver, "task_file", str(exc), line=exc.line, reason=exc.reason)
-    except JournalError as exc:
-        _fatal(driver, "journal", str(exc))
-    except ControlError as exc:
-        _fatal(driver, "protocol", f"the caller broke the protocol: {exc}")
-    except Exception as exc:
-        traceback.print_exc()
-        _fatal(driver, "runner", f"{type(exc).__name__}: {exc}")
-    return 1
-
-
-def _fatal(
-    driver: ClusterDriver | None,
-    kind: FatalKind,
-    message: str,
-    *,
-    line: int | None = None,
-    reason: str = "",
-) -> None:
-    """As the lean runner's: the results still buffered, then the fatal record."""
-    if driver is not None:
-        with contextlib.suppress(Exception):
-            driver._cancel_all()
-            driver.outbox.flush(final=True)
-    record: FatalRecord = {
-        "leanpool": "fatal",
-        "protocol": PROTOCOL_VERSION,
-        "error": kind,
-        "message": message,
-    }
-    if line is not None:
-        record["line"] = line
-        record["reason"] = reason
-    with contextlib.suppress(OSError):
-        os.set_blocking(1, True)
-        os.write(1, encode_line(record))
-    if driver is not None:
-        driver._disconnect()
+    return run_main(argv, ClusterDriver)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from .kinds import CHILD_KINDS
 from .leftovers import Leftovers
 from .outbox import OUTPUT_BACKLOG, Outbox
 from .reaping import pidfds_work, reap_ready, signal_group
+from .reports import InputReports, end_record, fatal_record
 from .results import cancelled_result, result_of, signal_name, unstarted_result
 from .schedule import Attempt, Schedule
 from .spawn import SpawnError
@@ -47,13 +48,7 @@ from .timers import Timers, When
 
 if TYPE_CHECKING:
     from .._protocol.config import HaltRule, RunnerConfig
-    from .._protocol.records import (
-        EndRecord,
-        FatalRecord,
-        IdleRecord,
-        SkippedRecord,
-        StartRecord,
-    )
+    from .._protocol.records import EndRecord, FatalRecord, StartRecord
     from .._protocol.tasks import Task
     from .children import Watcher
     from .results import Built
@@ -129,10 +124,9 @@ class Runner:
             config["input"], self.journal, rerun_failed=options.get("resume_failed", False)
         )
         self.outbox = Outbox(self.epoll, self.journal, ordered=config["ordered"])
-        self._idle_at = -1
+        self.reports = InputReports(self.intake, self.outbox)
         self._exit_sweep_due = False
         self.leftovers = Leftovers(self.timers, self.active)
-        self._skipped_sent = 0
         self._signalled = 0
         # What the Host protocol offers children.
         self.pidfds = pidfds_work()
@@ -187,8 +181,7 @@ class Runner:
                 self._on_signal()
             if self.phase is Phase.RUNNING:
                 self._fill()
-                if self.intake.skipped != self._skipped_sent:
-                    self._send_skipped()
+                self.reports.skipped()
             wait = self.timers.wait_s()
             if not self.active and self._over():
                 if not self.leftovers.remain():
@@ -220,30 +213,12 @@ class Runner:
         """With nothing running: is the run over?  Say ``idle`` when input may grow."""
         if self.phase is not Phase.RUNNING:
             return True
-        intake = self.intake
         if self.schedule.pending:
             return False
-        if intake.exhausted:
+        if self.intake.exhausted:
             return True
-        if intake.caught_up and intake.offset != self._idle_at:
-            self._idle_at = intake.offset
-            idle: IdleRecord = {
-                "leanpool": "idle",
-                "protocol": PROTOCOL_VERSION,
-                "offset": intake.offset,
-            }
-            self.outbox.control(encode_line(idle))
+        self.reports.idle()
         return False
-
-    def _send_skipped(self) -> None:
-        self._skipped_sent = self.intake.skipped
-        if self.intake.stream:  # a task file's count was in the start record
-            record: SkippedRecord = {
-                "leanpool": "skipped",
-                "protocol": PROTOCOL_VERSION,
-                "skipped": self._skipped_sent,
-            }
-            self.outbox.control(encode_line(record))
 
     # -- starting --------------------------------------------------------------------------
 
@@ -643,38 +618,22 @@ class Runner:
                 time.sleep(0.002)  # children were just SIGKILLed
 
     def _end_record(self) -> EndRecord:
-        intake = self.intake
-        return {
-            "leanpool": "end",
-            "protocol": PROTOCOL_VERSION,
-            "tasks": intake.tasks,
-            "skipped": intake.skipped,
-            "completed": self.completed,
-            "failed": self.failed,
-            "unfinished": intake.tasks - intake.skipped - self.completed,
-            "skipped_failed": intake.skipped_failed,
-            "halted": self.halted,
-            "interrupted": self.stopped_by is not None,
-            "stopped_by": self.stopped_by,
-        }
+        return end_record(
+            self.intake,
+            completed=self.completed,
+            failed=self.failed,
+            halted=self.halted,
+            stopped_by=self.stopped_by,
+        )
 
     def _fatal_record(self) -> FatalRecord:
         if self.bad_input is None:
             assert self.worker_failure is not None
-            return {
-                "leanpool": "fatal",
-                "protocol": PROTOCOL_VERSION,
-                "error": "worker",
-                "message": f"a worker could not start: {self.worker_failure}",
-            }
-        return {
-            "leanpool": "fatal",
-            "protocol": PROTOCOL_VERSION,
-            "error": "task_file",
-            "message": str(self.bad_input),
-            "line": self.bad_input.line,
-            "reason": self.bad_input.reason,
-        }
+            return fatal_record("worker", f"a worker could not start: {self.worker_failure}")
+        return fatal_record("task_file", str(self.bad_input), bad_line=self.bad_input)
+
+    def abandon(self) -> None:
+        """Nothing runs elsewhere: ``_kill_all`` has run on the way out."""
 
 
 def _remove_dir(path: str) -> None:

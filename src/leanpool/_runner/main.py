@@ -4,7 +4,7 @@ The runner's stdout carries records only, never a traceback: an expected failure
 task file, an unusable journal, a caller that breaks the protocol) becomes a ``fatal``
 record naming it; an unexpected one also prints its traceback to stderr, which the
 caller keeps for its error message.  Exit status: 0 after an ``end`` record, 1 after a
-``fatal`` one.
+``fatal`` one.  The cluster driver enters through ``run_main`` too.
 """
 
 from __future__ import annotations
@@ -14,66 +14,76 @@ import json
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .._errors import JournalError, TaskFileError
-from .._protocol.records import PROTOCOL_VERSION, encode_line
+from .._protocol.records import encode_line
 from .intake import ControlError
-from .loop import Runner
+from .reports import fatal_record
 
 if TYPE_CHECKING:
-    from .._protocol.config import RunnerConfig
-    from .._protocol.records import FatalKind, FatalRecord
+    from collections.abc import Callable
 
-__all__ = ["main"]
+    from .._protocol.config import RunnerConfig
+    from .._protocol.records import FatalKind
+    from .outbox import Outbox
+
+__all__ = ["Run", "main", "run_main"]
+
+
+class Run(Protocol):
+    """What ``run_main`` runs: the lean runner's ``Runner``, the ``ClusterDriver``."""
+
+    outbox: Outbox
+
+    def run(self) -> int: ...
+
+    def abandon(self) -> None:
+        """After a failure, before the fatal record: let go of what runs elsewhere."""
 
 
 def main(argv: list[str]) -> int:
     """Run the tasks the JSON config in argv[0] describes."""
-    runner = None
+    from .loop import Runner
+
+    return run_main(argv, Runner)
+
+
+def run_main(argv: list[str], make: Callable[[RunnerConfig], Run]) -> int:
+    """Build the run from the JSON config in argv[0] and run it; any failure is one
+    ``fatal`` record."""
+    run = None
     try:
         config: RunnerConfig = json.loads(argv[0])
-        runner = Runner(config)
-        return runner.run()
+        run = make(config)
+        return run.run()
     except TaskFileError as exc:
-        _fatal(runner, "task_file", str(exc), line=exc.line, reason=exc.reason)
+        _fatal(run, "task_file", str(exc), bad_line=exc)
     except JournalError as exc:
-        _fatal(runner, "journal", str(exc))
+        _fatal(run, "journal", str(exc))
     except ControlError as exc:
-        _fatal(runner, "protocol", f"the caller broke the protocol: {exc}")
+        _fatal(run, "protocol", f"the caller broke the protocol: {exc}")
     except OSError as exc:
-        _fatal(runner, "runner", f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc))
+        _fatal(run, "runner", f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc))
     except Exception as exc:
         traceback.print_exc()
-        _fatal(runner, "runner", f"{type(exc).__name__}: {exc}")
+        _fatal(run, "runner", f"{type(exc).__name__}: {exc}")
     return 1
 
 
 def _fatal(
-    runner: Runner | None,
-    kind: FatalKind,
-    message: str,
-    *,
-    line: int | None = None,
-    reason: str = "",
+    run: Run | None, kind: FatalKind, message: str, *, bad_line: TaskFileError | None = None
 ) -> None:
     """Send the results still buffered (each is journaled, and one may be half sent),
     then the fatal record: the stream stays a stream of whole records."""
-    if runner is not None:
+    if run is not None:
+        with contextlib.suppress(Exception):
+            run.abandon()
         with contextlib.suppress(OSError):
-            runner.outbox.flush(final=True)
-    record: FatalRecord = {
-        "leanpool": "fatal",
-        "protocol": PROTOCOL_VERSION,
-        "error": kind,
-        "message": message,
-    }
-    if line is not None:
-        record["line"] = line
-        record["reason"] = reason
+            run.outbox.flush(final=True)
     with contextlib.suppress(OSError):
         os.set_blocking(1, True)
-        os.write(1, encode_line(record))
+        os.write(1, encode_line(fatal_record(kind, message, bad_line=bad_line)))
 
 
 if __name__ == "__main__":
