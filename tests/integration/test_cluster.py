@@ -117,6 +117,26 @@ def own_cluster() -> Iterator[Cluster]:
     started.close()
 
 
+def start_cli(*args: str, new_session: bool = False) -> subprocess.Popen[bytes]:
+    """``leanpool ARGS`` as a process of its own, its output in pipes."""
+    return subprocess.Popen(
+        [PY, "-m", "leanpool", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=new_session,
+    )
+
+
+def sleeps_then_resume_setup(tmp_path: Path, count: int) -> tuple[Path, Path]:
+    """A task file of ``count`` short tasks (``sleep 0.05; echo i``) and a journal path."""
+    tasks = write_tasks(
+        tmp_path / "t.jsonl",
+        [{"id": i, "cmd": f"sleep 0.05; echo {i}"} for i in range(count)],
+    )
+    return tasks, tmp_path / "j.jsonl"
+
+
 def write_tasks(path: Path, tasks: list[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
     return path
@@ -241,11 +261,9 @@ def test_worker_killed_mid_run(own_cluster: Cluster, tmp_path: Path) -> None:
         tmp_path / "t.jsonl", [{"id": i, "cmd": f"sleep 0.1; echo {i}"} for i in range(120)]
     )
     journal = tmp_path / "j.jsonl"
-    proc = subprocess.Popen(
-        [PY, "-m", "leanpool", "run", str(tasks), "--journal", str(journal),
-         "--cluster", own_cluster.address, "-j", "2"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    proc = start_cli(
+        "run", str(tasks), "--journal", str(journal), "--cluster", own_cluster.address, "-j", "2"
+    )
     wait_for(lambda: journal.exists() and journal.stat().st_size > 0, 30, "first results")
     victims = own_cluster.worker_pids()
     assert len(victims) == 2
@@ -261,11 +279,7 @@ def test_ctrl_c_stops_every_task_on_the_workers(cluster: Cluster, tmp_path: Path
     """Ctrl-C (SIGINT to the CLI's process group, as a terminal sends it): exit 130, and
     no task process survives on any worker by more than 2 s."""
     tasks = write_tasks(tmp_path / "t.jsonl", [{"id": i, "cmd": "sleep 30"} for i in range(40)])
-    proc = subprocess.Popen(
-        [PY, "-m", "leanpool", "run", str(tasks), "--cluster", cluster.address, "-j", "3"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = start_cli("run", str(tasks), "--cluster", cluster.address, "-j", "3", new_session=True)
     wait_for(lambda: len(run_marked_pids()) >= 6, 30, "the tasks to start on the workers")
     os.killpg(proc.pid, signal.SIGINT)
     signalled = time.monotonic()
@@ -295,14 +309,9 @@ def test_caller_killed_stops_the_run(cluster: Cluster, tmp_path: Path) -> None:
 def test_driver_killed_then_resume(cluster: Cluster, tmp_path: Path) -> None:
     """The driver SIGKILLed: the caller reports it, the scheduler lets go of its batches
     and their tasks die; a resume runs the rest, each id exactly once in the journal."""
-    tasks = write_tasks(
-        tmp_path / "t.jsonl", [{"id": i, "cmd": f"sleep 0.05; echo {i}"} for i in range(300)]
-    )
-    journal = tmp_path / "j.jsonl"
-    argv = [PY, "-m", "leanpool", "run", str(tasks), "--journal", str(journal),
-            "--cluster", cluster.address, "-j", "2"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    tasks, journal = sleeps_then_resume_setup(tmp_path, 300)
+    argv = ["run", str(tasks), "--journal", str(journal), "--cluster", cluster.address, "-j", "2"]
+    proc = start_cli(*argv)
     wait_for(lambda: journal.exists() and journal.stat().st_size > 0, 30, "first results")
     driver = _driver_of(proc.pid)
     os.kill(driver, signal.SIGKILL)
@@ -312,7 +321,7 @@ def test_driver_killed_then_resume(cluster: Cluster, tmp_path: Path) -> None:
     wait_for(lambda: not run_marked_pids(), 2.0, "every task process to be gone")
     before = journal_ids(journal)
     assert 0 < len(before) < 300
-    again = leanpool_cli(*argv[3:], "--resume", timeout=60)
+    again = leanpool_cli(*argv, "--resume", timeout=60)
     assert again.returncode == 0, again.stderr
     assert Counter(journal_ids(journal)) == Counter(range(300))
     assert len(records(again.stdout)) == 300 - len(before)
@@ -325,11 +334,9 @@ def test_cluster_goes_away_then_resume(own_cluster: Cluster, tmp_path: Path) -> 
         tmp_path / "t.jsonl", [{"id": i, "cmd": f"sleep 0.05; echo {i}"} for i in range(300)]
     )
     journal = tmp_path / "j.jsonl"
-    proc = subprocess.Popen(
-        [PY, "-m", "leanpool", "run", str(tasks), "--journal", str(journal),
-         "--cluster", own_cluster.address, "-j", "2"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    proc = start_cli(
+        "run", str(tasks), "--journal", str(journal), "--cluster", own_cluster.address, "-j", "2"
+    )
     wait_for(lambda: journal.exists() and journal.stat().st_size > 0, 30, "first results")
     own_cluster.kill()
     out, err = proc.communicate(timeout=30)
