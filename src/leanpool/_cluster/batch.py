@@ -1,9 +1,10 @@
 """What runs on a Dask worker: one batch of tasks, through the local lean runner.
 
 The driver sends a batch as a ``BatchSpec``: the tasks' own lines, the run's options.
-``run_batch`` writes them to a private task file and runs it with the lean runner, as a
-local run would, so timeouts kill process groups on the worker, output is drained
-there, and nothing leaves the worker's machine before a task has ended.  It returns the
+``run_batch`` hands them to the lean runner its worker thread keeps for the run
+(``_Feed``: a local run in stream mode, fed batch after batch, so that a batch costs no
+runner start), so timeouts kill process groups on the worker, output is drained there,
+and nothing leaves the worker's machine before a task has ended.  It returns the
 runner's result lines as they came (``BatchOutcome``), with how the batch ended.
 
 Results sooner than the batch's end.  Every ``PUBLISH_S`` the watcher thread sends the
@@ -41,10 +42,12 @@ import time
 from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
 from .._errors import RunnerError
-from .._protocol.reader import Ended, ResultEvent
+from .._protocol.reader import Ended, Idle, ResultEvent
 from .._protocol.records import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._caller.process import RunnerProcess
     from .._protocol.config import Options, RunnerConfig, TaskFormat
     from .._protocol.records import EndRecord
@@ -72,11 +75,14 @@ PUBLISH_S: Final = 0.25
 EARLY_LINE_MAX: Final = 1 << 16
 """Result lines longer than this come with the outcome only."""
 
+IDLE_S: Final = 2.0
+"""Seconds a worker thread's runner waits for the run's next batch before it ends."""
+
 _EARLY_KEEP: Final = 10_000
 """Controls kept for batches that have not started on this worker (most never will:
 every worker hears every control); the oldest are dropped first."""
 
-Control = Literal["halt", "stop", "cancel"]
+Control = Literal["halt", "stop", "cancel", "finish"]
 
 
 class ProtocolMismatch(Exception):
@@ -118,6 +124,9 @@ class BatchOutcome(TypedDict):
     elapsed: float
     """Seconds the batch ran on the worker, queueing excluded: the driver sizes the
     next batches by it."""
+    line_base: int
+    """Lines its runner had read before this batch: a ``lines`` task's id, less this,
+    is its place in the batch."""
     worker: str
     """Where it ran (the worker's address, or the host name outside a worker)."""
 
@@ -127,31 +136,130 @@ def topic(token: str) -> str:
     return f"leanpool-{token}"
 
 
+class _Feed:
+    """The lean runner one worker thread keeps for one run, fed batch after batch.
+
+    A batch on a worker thread does not start a runner of its own (tens of ms, during
+    which the thread runs nothing): its thread's runner, started by the run's first
+    batch there, reads a spool in stream mode, and each batch appends its lines and
+    announces them (``more``).  A thread runs one batch at a time, so whatever the
+    runner reports belongs to the batch it is running; the batch is over at the
+    runner's ``idle`` for the batch's last offset.  A runner that was stopped or halted
+    ends its run; the next batch of the thread starts a new one.  An idle feed is closed
+    ``IDLE_S`` after its last batch, or at once when the driver says ``finish``.
+
+    Invariants: ``offset`` is the spool's size, all of it announced; ``lines`` counts
+    the lines written (a ``lines`` run's runner numbers its tasks by them); ``busy``
+    is true while a batch runs; ``ended`` once the runner sent its last record.
+    """
+
+    def __init__(self, token: str, spec: BatchSpec, worker: object | None) -> None:
+        from .._caller.calls import worker_config
+        from .._caller.process import RunnerProcess
+
+        self.token = token
+        self.workdir = tempfile.mkdtemp(prefix="leanpool-batch-")
+        self.path = os.path.join(self.workdir, "spool")
+        self._spool = open(self.path, "ab")  # noqa: SIM115  # closed in close()
+        workers = worker_config()
+        workers["path"].insert(0, os.getcwd())
+        workers["main_path"] = workers["main_module"] = None  # the worker's main is Dask's
+        options = spec["options"].copy()
+        options["parallel"] = spec["parallel"] or _default_parallel(worker)
+        config: RunnerConfig = {
+            "options": options,
+            "input": {"path": self.path, "format": spec["format"], "stream": True},
+            "ordered": False,
+            "cleanup_dir": self.workdir,
+            "halt_rule": None,
+            "slot_env": spec["slot_env"],
+            "workers": workers,
+            "cluster": None,
+            "spill_dir": None,  # every output inline: it travels back in the outcome
+        }
+        self.runner: RunnerProcess = RunnerProcess(config, self.workdir)
+        self._events = self.runner.events()
+        self.offset = 0
+        self.lines = 0
+        self.busy = False
+        self.ended = False
+        self.idle_since = time.monotonic()
+
+    def run(self, lines: list[bytes], live: _Live) -> BatchOutcome:
+        """Run one batch's lines; its outcome once all of them have their result (or
+        the runner ended: stopped, halted, failed)."""
+        outcome: BatchOutcome = {
+            "results": [],
+            "end": None,
+            "error": None,
+            "error_kind": None,
+            "elapsed": 0.0,
+            "worker": "",
+            "line_base": self.lines,
+        }
+        data = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines)
+        self._spool.write(data)
+        self._spool.flush()
+        self.offset += len(data)
+        self.lines += len(lines)
+        self.runner.more(self.offset)
+        results = outcome["results"]
+        try:
+            for event in self._events:
+                if isinstance(event, ResultEvent):
+                    results.append(event.line)
+                    live.add(event.line)
+                elif isinstance(event, Idle) and event.offset == self.offset:
+                    return outcome
+                elif isinstance(event, Ended):
+                    outcome["end"] = event.record
+                    self.ended = True
+                    return outcome
+        except RunnerError as exc:  # no journal, validated lines: no other error comes
+            outcome["error"] = exc.message
+            outcome["error_kind"] = exc.fatal_kind or "runner"
+        self.ended = True
+        return outcome
+
+    def close(self) -> None:
+        """End the runner (it has nothing running when idle) and remove the spool."""
+        with contextlib.suppress(OSError, ValueError):
+            if not self.ended:
+                self.runner.end_input(self.offset)
+        self.runner.close()
+        self._spool.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 class _Live:
     """A batch running on this worker, as ``control`` finds it, and its result lines
     not yet sent early (``pending``)."""
 
-    def __init__(self, token: str, key: str, runner: RunnerProcess) -> None:
+    def __init__(self, token: str, key: str, feed: _Feed) -> None:
         self.token = token
         self.key = key
-        self.runner = runner
+        self.feed = feed
+        self.base = feed.lines
+        """The runner's line count before this batch: a ``lines`` task's id is its line."""
         self.pending: list[bytes] = []
         self.stopped = False
         self.finished = threading.Event()
         """Set when the batch has ended: the watcher's cue to end too."""
         self._lock = threading.Lock()
 
-    def apply(self, what: Control, ids: list[str | int]) -> None:
+    def apply(self, what: Control, ids: list[str | int], *, lines_format: bool) -> None:
         # From the watcher thread and the worker's event loop: one writer at a time.
+        runner = self.feed.runner
         with self._lock:
             if what == "halt":
-                self.runner.halt()
+                runner.halt()
             elif what == "cancel":
                 for task_id in ids:
-                    self.runner.cancel(task_id)
-            elif not self.stopped:
+                    local = task_id + self.base if lines_format and type(task_id) is int else None
+                    runner.cancel(task_id if local is None else local)
+            elif what == "stop" and not self.stopped:
                 self.stopped = True
-                self.runner.stop()
+                runner.stop()
 
     def add(self, line: bytes) -> None:
         if len(line) <= EARLY_LINE_MAX:
@@ -163,11 +271,15 @@ class _Live:
         with self._lock:
             lines, self.pending = self.pending, []
         if lines:
-            worker.log_event(topic(self.token), {"key": self.key, "lines": lines})
+            message = {"key": self.key, "lines": lines, "line_base": self.base}
+            worker.log_event(topic(self.token), message)
 
 
-_LIVE: dict[str, _Live] = {}
-"""Batches running in this worker process, by key."""
+_LIVE: dict[str, tuple[_Live, bool]] = {}
+"""Batches running in this worker process, by key, with whether their run reads lines."""
+
+_FEEDS: dict[tuple[str, int], _Feed] = {}
+"""Each worker thread's runner, by run and thread."""
 
 _EARLY: collections.OrderedDict[str, list[tuple[Control, list[str | int]]]] = (
     collections.OrderedDict()
@@ -176,27 +288,35 @@ _EARLY: collections.OrderedDict[str, list[tuple[Control, list[str | int]]]] = (
 controls for every batch of a run)."""
 
 _REGISTRY_LOCK: Final = threading.Lock()
+_reaper: threading.Thread | None = None
 
 
 def control(token: str, key: str | None, what: Control, ids: list[str | int]) -> None:
     """Act on a control from the driver: for the batch ``key``, or for every batch of
-    the run ``token`` when ``key`` is None.  Runs on every worker (``client.run``)."""
+    the run ``token`` when ``key`` is None.  Runs on every worker (``client.run``).
+
+    ``finish``: the run is over; its idle runners end now."""
+    if what == "finish":
+        _close_feeds(lambda feed: feed.token == token and not feed.busy)
+        with _REGISTRY_LOCK:
+            _EARLY.pop(f"*{token}", None)
+        return
     with _REGISTRY_LOCK:
         targets = [
-            live
-            for live in _LIVE.values()
+            (live, lines_format)
+            for live, lines_format in _LIVE.values()
             if live.token == token and (key is None or live.key == key)
         ]
         early_key = f"*{token}" if key is None else key
         _EARLY.setdefault(early_key, []).append((what, list(ids)))
         while len(_EARLY) > _EARLY_KEEP:
             _EARLY.popitem(last=False)
-    for live in targets:
-        live.apply(what, ids)
+    for live, lines_format in targets:
+        live.apply(what, ids, lines_format=lines_format)
 
 
 def run_batch(spec: BatchSpec) -> BatchOutcome:
-    """Run one batch with the local lean runner; return its results when it ends.
+    """Run one batch with this thread's lean runner; return its results when it ends.
 
     Raises:
         ProtocolMismatch: this worker's leanpool speaks another protocol version.
@@ -206,85 +326,85 @@ def run_batch(spec: BatchSpec) -> BatchOutcome:
             f"this worker's leanpool speaks protocol {PROTOCOL_VERSION}, the driver's "
             f"{spec.get('protocol')!r}: install the same leanpool on every machine"
         )
-    from .._caller.calls import worker_config
-    from .._caller.process import RunnerProcess
-
     started = time.monotonic()
     worker, key_state = _this_worker()
-    workdir = tempfile.mkdtemp(prefix="leanpool-batch-")
+    token = spec["token"]
+    lines_format = spec["format"] == "lines"
+    where = (token, threading.get_ident())
+    with _REGISTRY_LOCK:
+        feed = _FEEDS.pop(where, None)
+    if feed is None or feed.ended:
+        if feed is not None:
+            feed.close()
+        feed = _Feed(token, spec, worker)
+    feed.busy = True
+    live = _Live(token, spec["key"], feed)
+    with _REGISTRY_LOCK:
+        _LIVE[spec["key"]] = (live, lines_format)
+        early = _EARLY.pop(spec["key"], []) + list(_EARLY.get(f"*{token}", []))
+    for what, ids in early:
+        live.apply(what, ids, lines_format=lines_format)
+    watcher = None
+    if key_state is not None:
+        watcher = threading.Thread(
+            target=_watch,
+            args=(live, key_state, worker),
+            name="leanpool-batch-watch",
+            daemon=True,
+        )
+        watcher.start()
     try:
-        path = os.path.join(workdir, "batch.jsonl" if spec["format"] == "jsonl" else "batch.txt")
-        with open(path, "wb") as f:
-            for line in spec["lines"]:
-                f.write(line if line.endswith(b"\n") else line + b"\n")
-        workers = worker_config()
-        workers["path"].insert(0, os.getcwd())
-        workers["main_path"] = workers["main_module"] = None  # the worker's main is Dask's
-        config: RunnerConfig = {
-            "options": spec["options"],
-            "input": {"path": path, "format": spec["format"], "stream": False},
-            "ordered": False,
-            "cleanup_dir": workdir,
-            "halt_rule": None,
-            "slot_env": spec["slot_env"],
-            "workers": workers,
-            "cluster": None,
-            "spill_dir": None,  # every output inline: it travels back in the outcome
-        }
-        config["options"] = spec["options"].copy()
-        config["options"]["parallel"] = spec["parallel"] or _default_parallel(worker)
-        runner = RunnerProcess(config, workdir)
-        live = _Live(spec["token"], spec["key"], runner)
-        with _REGISTRY_LOCK:
-            _LIVE[spec["key"]] = live
-            early = _EARLY.pop(spec["key"], []) + list(_EARLY.get(f"*{spec['token']}", []))
-        for what, ids in early:
-            live.apply(what, ids)
-        watcher = None
-        if key_state is not None:
-            watcher = threading.Thread(
-                target=_watch,
-                args=(live, key_state, worker),
-                name="leanpool-batch-watch",
-                daemon=True,
-            )
-            watcher.start()
-        try:
-            return _collect(runner, live if watcher else None, started, _worker_name(worker))
-        finally:
-            with _REGISTRY_LOCK:
-                _LIVE.pop(spec["key"], None)
-            live.finished.set()
-            runner.close()
-            if watcher is not None:
-                watcher.join(1.0)
+        outcome = feed.run(spec["lines"], live)
+    except BaseException:
+        feed.ended = True
+        raise
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _collect(runner: RunnerProcess, live: _Live | None, started: float, where: str) -> BatchOutcome:
-    results: list[bytes] = []
-    outcome: BatchOutcome = {
-        "results": results,
-        "end": None,
-        "error": None,
-        "error_kind": None,
-        "elapsed": 0.0,
-        "worker": where,
-    }
-    try:
-        for event in runner.events():
-            if isinstance(event, ResultEvent):
-                results.append(event.line)
-                if live is not None:
-                    live.add(event.line)
-            elif isinstance(event, Ended):
-                outcome["end"] = event.record
-    except RunnerError as exc:  # no journal, a validated file: no other error can come
-        outcome["error"] = exc.message
-        outcome["error_kind"] = exc.fatal_kind or "runner"
+        with _REGISTRY_LOCK:
+            _LIVE.pop(spec["key"], None)
+        live.finished.set()
+        if watcher is not None:
+            watcher.join(1.0)
+        feed.busy = False
+        feed.idle_since = time.monotonic()
+        if feed.ended or live.stopped:
+            feed.ended = True
+            feed.close()
+        else:
+            with _REGISTRY_LOCK:
+                _FEEDS[where] = feed
+            _start_reaper()
     outcome["elapsed"] = time.monotonic() - started
+    outcome["worker"] = _worker_name(worker)
     return outcome
+
+
+def _close_feeds(which: Callable[[_Feed], bool]) -> None:
+    with _REGISTRY_LOCK:
+        chosen = [key for key, feed in _FEEDS.items() if which(feed)]
+        feeds = [_FEEDS.pop(key) for key in chosen]
+    for feed in feeds:
+        feed.close()
+
+
+def _start_reaper() -> None:
+    """One thread per worker process ends the runners idle for ``IDLE_S``: a driver
+    that died between two batches never says ``finish``."""
+    global _reaper
+    with _REGISTRY_LOCK:
+        if _reaper is not None:
+            return
+        _reaper = threading.Thread(target=_reap, name="leanpool-feed-reaper", daemon=True)
+    _reaper.start()
+
+
+def _reap() -> None:
+    while True:
+        time.sleep(IDLE_S / 4)
+        _close_feeds(_idle_too_long)
+
+
+def _idle_too_long(feed: _Feed) -> bool:
+    return not feed.busy and time.monotonic() - feed.idle_since >= IDLE_S
 
 
 def _watch(live: _Live, key_state: _KeyState, worker: Any) -> None:
@@ -293,7 +413,7 @@ def _watch(live: _Live, key_state: _KeyState, worker: Any) -> None:
     published_at = time.monotonic()
     while not live.finished.wait(WATCH_S):
         if not key_state.wanted():
-            live.apply("stop", [])
+            live.apply("stop", [], lines_format=False)
             return
         if time.monotonic() - published_at >= PUBLISH_S:
             published_at = time.monotonic()

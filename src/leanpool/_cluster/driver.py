@@ -141,12 +141,15 @@ class _Batch:
             return None
         return positions[0] + 1 if self.lines_format else task_id
 
-    def position(self, record: ResultRecord) -> int | None:
+    def position(self, record: ResultRecord, line_base: int) -> int | None:
         """Which of the batch's tasks a result record is of; None when that task's
-        result was recorded already (a batch run again after its worker died)."""
+        result was recorded already (a batch run again after its worker died).
+
+        ``line_base``: a ``lines`` run's runner numbers tasks by its own lines, of which
+        it had read that many before this batch."""
         if self.lines_format:
             local = record["id"]
-            index = local - 1 if type(local) is int else -1
+            index = local - 1 - line_base if type(local) is int else -1
             if not 0 <= index < len(self.tasks) or index in self.delivered:
                 return None
         else:
@@ -365,7 +368,7 @@ class ClusterDriver:
             left = None
             if not self.intake.stream:
                 left = self.intake.tasks - self.intake.skipped - self.submitted
-            size = self.sizer.next_size(left=left, slots=self.slots)
+            size = self.sizer.next_size(left=left, threads=max(1, self.slots // PER_THREAD))
             tasks: list[Task] = []
             seqs: list[int] = []
             lines: list[bytes] = []
@@ -449,9 +452,10 @@ class ClusterDriver:
             return
         self.sizer.observe(len(batch.tasks), outcome["elapsed"])
         early = batch.early
+        base = outcome["line_base"]
         for line in outcome["results"]:
             if line not in early:
-                self._take(batch, line)
+                self._take(batch, line, base)
         if outcome["error"] is not None:
             kind: FatalKind = "worker" if outcome["error_kind"] == "worker" else "cluster"
             self._fail(kind, f"on {outcome['worker']}: {outcome['error']}")
@@ -461,14 +465,15 @@ class ClusterDriver:
         batch = self.inflight.get(message.get("key", ""))
         if batch is None:  # its outcome came first, with these lines
             return
+        base = message.get("line_base", 0)
         for line in message["lines"]:
             batch.early.add(line)
-            self._take(batch, line)
+            self._take(batch, line, base)
 
-    def _take(self, batch: _Batch, line: bytes) -> None:
+    def _take(self, batch: _Batch, line: bytes, line_base: int) -> None:
         """Record one result line of a batch, unless its task has its result already."""
         record: ResultRecord = json.loads(line)
-        index = batch.position(record)
+        index = batch.position(record, line_base)
         if index is None:
             return
         task = batch.tasks[index]
@@ -655,6 +660,7 @@ class ClusterDriver:
         return Client(self._local_cluster, set_as_default=False)
 
     def _disconnect(self) -> None:
+        self._tell(None, "finish", [])  # the workers' idle runners of this run end now
         with contextlib.suppress(Exception):
             if self.client is not None:
                 self.client.close(timeout=2)

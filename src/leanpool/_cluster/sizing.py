@@ -7,8 +7,8 @@ idle while a few finish, and a worker's death costs more work again.  So the siz
 follows the measured rate: ``TARGET_S`` of work at the rate the batches that came back
 ran at, growing at most ``GROWTH`` times per batch (the first measures may be of a few
 slow tasks), never above ``MOST``; and with the number of tasks left known (a task file
-validated whole), never above an even share of them per slot, so that the run's tail
-is spread over every worker, down to ``LEAST_S`` of work a batch (below that, a batch's
+validated whole), never above an even share of them per worker thread, so that the
+run's tail is spread over every worker, down to ``LEAST_S`` of work a batch (below that, a batch's
 own start, tens of ms, would cost more than the spread saves).
 
 In flight: ``PER_THREAD`` batches per worker thread, one running and one queued behind
@@ -71,19 +71,19 @@ class BatchSizer:
         self._seconds = self._seconds * 0.5 + max(seconds, 1e-3)
         self.rate = self._tasks / self._seconds
 
-    def next_size(self, *, left: int | None, slots: int) -> int:
+    def next_size(self, *, left: int | None, threads: int) -> int:
         """How many tasks the next batch takes.
 
         Args:
             left: tasks not yet sent to the cluster, when known.
-            slots: batches in flight at once.
+            threads: the cluster's worker threads (each runs one batch at a time).
         """
         if self.rate is None:
             size = self.first
         else:
             size = min(round(self.rate * TARGET_S), math.ceil(self.last * GROWTH), MOST)
         if left is not None:
-            share = math.ceil(left / max(1, slots))
+            share = math.ceil(left / max(1, threads))
             least = 1 if self.rate is None else round(self.rate * LEAST_S)
             size = min(size, max(share, least))
         self.last = max(1, size)
