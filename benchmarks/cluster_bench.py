@@ -87,7 +87,13 @@ SAMPLE_S: Final = 0.05
 RUN_TIMEOUT_S: Final = 1200.0
 """A run still going after this long is killed and reported as failed."""
 
+QUIET_CORES: Final = 0.15
+"""Before each measured run, wait until other programs use under this many cores ..."""
+QUIET_WAIT_S: Final = 60.0
+"""... but no longer than this (the run's ``others_cpu_s`` says what it competed with)."""
+
 METHODS: Final = ("local", "cluster", "plain-dask")
+PHASES: Final = ("startup", "speed", "threads4", "memory")
 WORKERS: Final = 2
 
 
@@ -160,6 +166,25 @@ def machine_busy_s() -> float:
     head = Path("/proc/stat").read_text().split("\n", 1)[0].split()
     values = [int(v) for v in head[1:9]]
     return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+def others_cores(window: float) -> float:
+    """Cores the machine spent over ``window`` seconds on processes not of this benchmark
+    (not this process or its descendants): another program competing for the CPUs."""
+    busy, ours = machine_busy_s(), tree_cpu(os.getpid())
+    time.sleep(window)
+    return max(0.0, (machine_busy_s() - busy) - (tree_cpu(os.getpid()) - ours)) / window
+
+
+def wait_quiet(limit: float = QUIET_CORES, longest: float = QUIET_WAIT_S) -> float:
+    """Wait (up to ``longest`` seconds) until other programs use under ``limit`` cores;
+    return the last measure."""
+    deadline = time.monotonic() + longest
+    while True:
+        cores = others_cores(1.0)
+        if cores < limit or time.monotonic() >= deadline:
+            return cores
+        print(f"    (other programs use {cores:.2f} cores: waiting)", flush=True)
 
 
 def find_child(pid: int, mark: bytes) -> int | None:
@@ -482,6 +507,10 @@ class Run:
     machine_busy_s: float = 0.0
     bench_cpu_s: float = 0.0
     """This script's own CPU meanwhile (copying the output, sampling): measurement."""
+    others_before: float | None = None
+    """Cores other programs used in the second before the run (see ``wait_quiet``)."""
+    others_cpu_s: float = 0.0
+    """CPU seconds the machine spent meanwhile on programs not of this benchmark."""
     driver_peak_kb: int | None = None
     scheduler_rss_before_kb: int | None = None
     scheduler_peak_kb: int | None = None
@@ -548,12 +577,15 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
     out_path = scratch / "out.jsonl"
     err_path = scratch / "err.txt"
     cluster.counts()  # forget what earlier runs (and warm-ups) left in the counts
+    if run.phase != "warmup":
+        run.others_before = wait_quiet()
     sched = cluster.scheduler_pid
     run.scheduler_rss_before_kb = proc_status_kb(sched, b"VmRSS:")
     reset_peak(sched)
     sched_before = proc_cpu(sched)
     workers_before = cluster.workers_cpu()
     busy_before = machine_busy_s()
+    ours_before = tree_cpu(os.getpid())
     bench_before = time.process_time()
     first: list[float] = []
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -607,6 +639,7 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
         run.scheduler_cpu_s = sched_after[0] - sched_before[0]
     run.workers_cpu_s = cluster.workers_cpu() - workers_before
     run.machine_busy_s = machine_busy_s() - busy_before
+    run.others_cpu_s = max(0.0, run.machine_busy_s - (tree_cpu(os.getpid()) - ours_before))
     run.bench_cpu_s = time.process_time() - bench_before
     watch.scheduler_peak_kb = Watch._max(watch.scheduler_peak_kb, proc_status_kb(sched, b"VmHWM:"))
     run.driver_peak_kb = watch.driver_peak_kb
@@ -747,10 +780,12 @@ def describe(run: Run) -> str:
     batches = "" if run.batches is None else f", {run.batches} batches"
     tasks = "" if not run.dask_tasks else f", {run.dask_tasks} dask tasks"
     driver = run.per_task_us(run.driver_cpu_s)
+    others = run.others_cpu_s / run.wall_s if run.wall_s else 0.0
     return (
         f"  {run.workload:<6} {run.method:<11} rep {run.rep}: {run.wall_s:7.2f} s "
         f"{run.tps:8,.0f}/s  driver {fmt_us(driver)} us/task, scheduler "
-        f"{fmt_us(run.per_task_us(run.scheduler_cpu_s))} us/task{batches}{tasks}  {verdict}"
+        f"{fmt_us(run.per_task_us(run.scheduler_cpu_s))} us/task{batches}{tasks}, "
+        f"other programs {others:.2f} cores  {verdict}"
     )
 
 
@@ -844,6 +879,12 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
                 "scheduler_us_per_task": _median([r.scheduler_cpu_s / r.n * 1e6 for r in good]),
                 "workers_us_per_task": _median([r.workers_cpu_s / r.n * 1e6 for r in good]),
                 "machine_us_per_task": _median([r.machine_busy_s / r.n * 1e6 for r in good]),
+                "ours_us_per_task": _median(
+                    [(r.machine_busy_s - r.others_cpu_s) / r.n * 1e6 for r in good]
+                ),
+                "others_cores_max": max(
+                    (r.others_cpu_s / r.wall_s for r in good if r.wall_s), default=None
+                ),
                 "batches_median": _median([r.batches for r in good if r.batches is not None]),
                 "batch_compute_median_s": _median([s for r in good for s in r.batch_compute_s]),
                 "batch_compute_max_s": max(
@@ -926,6 +967,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             "scheduler_us_per_task": r.per_task_us(r.scheduler_cpu_s),
             "batches": r.batches,
             "batch_compute_median_s": _median(r.batch_compute_s),
+            "others_cores": r.others_cpu_s / r.wall_s if r.wall_s else None,
         }
         for r in runs
         if r.phase == "memory"
@@ -940,7 +982,7 @@ def print_summary(report: Report) -> None:
     say(
         f"  {'workload':<8} {'method':<11} {'thr':>3} {'-j':>3} {'n':>6} {'best/s':>8} "
         f"{'median/s':>8} {'wall s':>7} {'first s':>7} {'driver':>7} {'drv+':>6} {'sched':>6} "
-        f"{'workers':>7} {'machine':>7} {'batches':>7} {'batch s':>7} {'fail':>4}"
+        f"{'workers':>7} {'ours':>7} {'others':>6} {'batches':>7} {'batch s':>7} {'fail':>4}"
     )
     for row in summary["methods"]:
 
@@ -955,14 +997,17 @@ def print_summary(report: Report) -> None:
             f"{num('first_result_median_s', '.2f'):>7} {num('driver_us_per_task', ',.0f'):>7} "
             f"{num('driver_marginal_us_per_task', ',.0f'):>6} "
             f"{num('scheduler_us_per_task', ',.0f'):>6} {num('workers_us_per_task', ',.0f'):>7} "
-            f"{num('machine_us_per_task', ',.0f'):>7} {num('batches_median', '.0f'):>7} "
+            f"{num('ours_us_per_task', ',.0f'):>7} {num('others_cores_max', '.2f'):>6} "
+            f"{num('batches_median', '.0f'):>7} "
             f"{num('batch_compute_median_s', '.2f'):>7} {row['failed']:>4}"
         )
     say("  driver: the cluster driver (cluster) or the plain Dask client, per task; drv+:")
     say("  the same beyond its fixed cost (the median one-task run's), per task beyond one;")
     say("  sched: the scheduler; workers: both workers' process trees (tasks included);")
-    say("  machine: all busy CPU; batch s: median compute seconds of leanpool's batches")
-    say("  on a worker; thr: threads per worker; -j: tasks at once per batch (runner).")
+    say("  ours: all CPU of this benchmark's processes (the machine's busy CPU less other")
+    say("  programs'); others: the most cores other programs used during a run; batch s:")
+    say("  median compute seconds of leanpool's batches on a worker; thr: threads per")
+    say("  worker; -j: tasks at once per batch (runner).")
     say("\nPaired ratios of tasks/s (same repeat)")
     for ratio in summary["ratios"]:
         pairs = ", ".join(f"{p:.2f}" for p in ratio["pairs"])
@@ -1087,7 +1132,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="... and when it should end within this many seconds of the start (1500)",
     )
     parser.add_argument(
-        "--no-threads4", action="store_true", help="skip plain Dask on 4-thread workers"
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma list of {','.join(PHASES)} (default all)",
     )
     parser.add_argument("--commit", default="HEAD", help="the leanpool measured (HEAD)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the sleep durations")
@@ -1139,19 +1186,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report.say(f"command: {' '.join(sys.argv)}")
     sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if phases - set(PHASES):
+        print(f"unknown phases {sorted(phases - set(PHASES))}; choose from {PHASES}")
+        return 2
     try:
-        with terminated_on_sigterm():
+        with terminated_on_sigterm(), contextlib.ExitStack() as stack:
             echo = write_workload("echo", args.n_echo, 8, scratch, args.seed)
             sleep = write_workload("sleep", args.n_sleep, 16, scratch, args.seed)
-            with Cluster(scratch, 1, env, "t1") as cluster:
+            if phases & {"startup", "speed"}:
+                cluster = stack.enter_context(Cluster(scratch, 1, env, "t1"))
                 report.say(
                     f"\ncluster {cluster.address}: {WORKERS} workers x 1 thread; workers' "
                     f"leanpool: {', '.join(cluster.leanpool_on_workers)}"
                 )
                 warm_up(report, cluster, scratch, script)
+            if "startup" in phases:
                 one = write_workload("echo", 1, 8, scratch, args.seed)
                 report.say("\n== start-up: one `echo 0` task, 3 repeats, A B C in turn")
                 speed_phase(report, cluster, [one], 3, scratch, script, METHODS, "startup")
+            if "speed" in phases:
                 report.say(f"\n== speed: {args.repeats} repeats, A B C in turn")
                 speed_phase(
                     report,
@@ -1164,7 +1218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "speed",
                 )
                 report.save(args.out)
-            if not args.no_threads4:
+            stack.close()
+            if "threads4" in phases:
                 with Cluster(scratch, 4, env, "t4") as cluster:
                     report.say(
                         f"\n== plain Dask on {WORKERS} workers x 4 threads ({cluster.address}),"
@@ -1182,7 +1237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "threads4",
                     )
                     report.save(args.out)
-            with Cluster(scratch, 1, env, "mem") as cluster:
+            if "memory" in phases:
+                cluster = stack.enter_context(Cluster(scratch, 1, env, "mem"))
                 report.say(
                     f"\n== memory: `true` tasks on a fresh cluster ({cluster.address}), "
                     "-j 8 per batch"
