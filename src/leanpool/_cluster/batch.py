@@ -12,7 +12,8 @@ result lines that arrived since, through the scheduler, as a Dask event on the r
 topic (``topic``), so that a run's results stream while its batches run.  The outcome
 still carries every line: an event is an early copy, and the driver records each task
 once, whichever copy comes first.  Only lines up to ``EARLY_LINE_MAX`` bytes travel
-early (the scheduler keeps its last events in memory).
+early, and at most ``EARLY_EVENT_MAX`` bytes an event (the scheduler keeps a topic's
+last thousand events in memory; the driver forgets its topic at the end of the run).
 
 Stopping a batch that runs.  Dask never stops a running task (distributed#4694), so a
 batch watches for itself, in a thread, every ``WATCH_S``:
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from .._protocol.records import EndRecord
 
 __all__ = [
+    "EARLY_EVENT_MAX",
     "EARLY_LINE_MAX",
     "PUBLISH_S",
     "WATCH_S",
@@ -61,6 +63,7 @@ __all__ = [
     "Control",
     "ProtocolMismatch",
     "control",
+    "forget_topic",
     "run_batch",
     "topic",
 ]
@@ -72,8 +75,12 @@ tasks are signalled at most this long after the driver (or the scheduler) let go
 PUBLISH_S: Final = 0.25
 """How often a running batch sends its new result lines ahead of its outcome."""
 
-EARLY_LINE_MAX: Final = 1 << 16
+EARLY_LINE_MAX: Final = 1 << 14
 """Result lines longer than this come with the outcome only."""
+
+EARLY_EVENT_MAX: Final = 1 << 16
+"""Bytes of result lines an early event carries at most; the rest of what arrived in
+its quarter second comes with the outcome only."""
 
 IDLE_S: Final = 2.0
 """Seconds a worker thread's runner waits for the run's next batch before it ends."""
@@ -269,7 +276,14 @@ class _Live:
     def publish(self, worker: Any) -> None:
         """Send the pending lines as one event (from the watcher thread)."""
         with self._lock:
-            lines, self.pending = self.pending, []
+            pending, self.pending = self.pending, []
+        lines = []
+        size = 0
+        for line in pending:
+            size += len(line)
+            if size > EARLY_EVENT_MAX:
+                break
+            lines.append(line)
         if lines:
             message = {"key": self.key, "lines": lines, "line_base": self.base}
             worker.log_event(topic(self.token), message)
@@ -376,6 +390,13 @@ def run_batch(spec: BatchSpec) -> BatchOutcome:
     outcome["elapsed"] = time.monotonic() - started
     outcome["worker"] = _worker_name(worker)
     return outcome
+
+
+def forget_topic(dask_scheduler: Any, token: str) -> None:
+    """On the scheduler, at the end of a run: drop the run's early events it keeps
+    (``client.run_on_scheduler``)."""
+    with contextlib.suppress(AttributeError, KeyError):
+        dask_scheduler._broker.truncate(topic(token))
 
 
 def _close_feeds(which: Callable[[_Feed], bool]) -> None:

@@ -58,7 +58,7 @@ from .._runner.main import run_main
 from .._runner.outbox import Outbox
 from .._runner.reports import InputReports, end_record, fatal_record
 from .._runner.results import Built, cancelled_result
-from .batch import BatchSpec, ProtocolMismatch, control, run_batch, topic
+from .batch import BatchSpec, ProtocolMismatch, control, forget_topic, run_batch, topic
 from .sizing import PER_THREAD, BatchSizer
 
 if TYPE_CHECKING:
@@ -663,6 +663,8 @@ class ClusterDriver:
         self._tell(None, "finish", [])  # the workers' idle runners of this run end now
         with contextlib.suppress(Exception):
             if self.client is not None:
+                if self.client.status == "running":
+                    self.client.run_on_scheduler(forget_topic, token=self.token)
                 self.client.close(timeout=2)
         with contextlib.suppress(Exception):
             if self._local_cluster is not None:
