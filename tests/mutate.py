@@ -9,6 +9,7 @@ an error: the list must follow the code.
     .venv/bin/python tests/mutate.py                  # every mutant; about 15-30 minutes
     .venv/bin/python tests/mutate.py leftovers-kept   # only the mutants named
     .venv/bin/python tests/mutate.py --markdown docs/mutation.md
+    .venv/bin/python tests/mutate.py cluster-no-watch --tests tests/integration/test_cluster.py
 
 Why a curated list rather than mutmut or cosmic-ray: those generate thousands of
 syntactic mutants, and each costs a run of a suite of real processes (about a minute
@@ -476,6 +477,56 @@ MUTANTS = (
         "    if not (value >= spec.minimum and math.isfinite(value)):",
         "    if False:",
     ),
+    # -- on a Dask cluster -----------------------------------------------------------------
+    Mutant(
+        "cluster-results-twice",
+        "a batch run again after its worker died records no task twice",
+        "src/leanpool/_cluster/driver.py",
+        "            if not 0 <= index < len(self.tasks) or index in self.delivered:",
+        "            if not 0 <= index < len(self.tasks):",
+    ),
+    Mutant(
+        "cluster-results-twice-by-id",
+        "a batch run again after its worker died records no task twice (task files)",
+        "src/leanpool/_cluster/driver.py",
+        "            index = positions.pop(0)",
+        "            index = positions[0]",
+    ),
+    Mutant(
+        "cluster-no-watch",
+        "a batch whose future is let go (the driver died) kills its tasks",
+        "src/leanpool/_cluster/batch.py",
+        "        if not key_state.wanted():",
+        "        if False:",
+    ),
+    Mutant(
+        "cluster-halt-not-told",
+        "a halt reached in one batch starts no more tasks in any",
+        "src/leanpool/_cluster/driver.py",
+        '            self._tell(None, "halt", [])',
+        "            pass",
+    ),
+    Mutant(
+        "cluster-stop-not-told",
+        "Ctrl-C stops the tasks on every worker at once",
+        "src/leanpool/_cluster/driver.py",
+        '        self._tell(None, "stop", [])',
+        "        pass",
+    ),
+    Mutant(
+        "cluster-no-early-results",
+        "results stream back while a batch runs",
+        "src/leanpool/_cluster/batch.py",
+        "            live.publish(worker)",
+        "            pass",
+    ),
+    Mutant(
+        "cluster-idle-runner-kept",
+        "a worker's runner ends when the run does",
+        "src/leanpool/_cluster/batch.py",
+        "        _close_feeds(lambda feed: feed.token == token and not feed.busy)",
+        "        pass",
+    ),
 )
 
 
@@ -488,7 +539,7 @@ def _copy_checkout(dest: Path) -> None:
             shutil.copy2(source, dest / name)
 
 
-def run_one(mutant: Mutant) -> tuple[str, str, float]:
+def run_one(mutant: Mutant, tests: list[str] | None = None) -> tuple[str, str, float]:
     """(verdict, detail, seconds): verdict is killed, survived or error."""
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="leanpool-mutant-") as tmp:
@@ -502,7 +553,8 @@ def run_one(mutant: Mutant) -> tuple[str, str, float]:
         env = {**os.environ, "PYTHONPATH": str(work / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
         env.pop("CI", None)  # a mutant is judged by failures, not by skips
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-        command += ["tests/unit", "tests/integration", "-o", "addopts=--strict-markers"]
+        command += [*(tests or ["tests/unit", "tests/integration"])]
+        command += ["-o", "addopts=--strict-markers"]
         try:
             proc = subprocess.run(
                 command,
@@ -536,6 +588,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="run only these mutants")
     parser.add_argument("--markdown", metavar="PATH", help="write the result table here")
+    parser.add_argument(
+        "--tests",
+        nargs="+",
+        metavar="PATH",
+        help="run only these tests for each mutant (default: unit and integration)",
+    )
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="show each run's output")
     args = parser.parse_args()
@@ -548,7 +606,7 @@ def main() -> int:
         return 0
     rows = []
     for mutant in chosen:
-        verdict, detail, took = run_one(mutant)
+        verdict, detail, took = run_one(mutant, args.tests)
         rows.append((mutant, verdict, detail, took))
         print(f"{verdict:9} {mutant.name:32} {took:6.1f} s  {detail}", flush=True)
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("killed", "survived", "error")}
