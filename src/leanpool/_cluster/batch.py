@@ -82,7 +82,7 @@ EARLY_EVENT_MAX: Final = 1 << 16
 """Bytes of result lines an early event carries at most; the rest of what arrived in
 its quarter second comes with the outcome only."""
 
-IDLE_S: Final = 2.0
+IDLE_S: Final = 1.0
 """Seconds a worker thread's runner waits for the run's next batch before it ends."""
 
 _EARLY_KEEP: Final = 10_000
