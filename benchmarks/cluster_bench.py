@@ -34,6 +34,9 @@ warm-up run of each method:
    (``--memory-big``) when the largest of those took under ``--memory-big-if`` seconds
    and the benchmark would still end within ``--budget-s`` (25 minutes).
 
+Before each measured run it waits (up to ``--quiet-wait`` seconds) until other programs
+use under 0.15 cores, and it records the CPU other programs used during each run.
+
 Every run's output is checked whole: one result line per task, each id once, status 0,
 its task's exact stdout, empty stderr, and the set of stdouts equal to the expected set.
 A run that fails this is reported as failed and left out of every statistic.
@@ -47,7 +50,8 @@ of the scheduler and of the workers (each worker's whole process tree), and the
 machine's busy CPU (``/proc/stat``).  A scheduler plugin counts the Dask tasks that
 reached memory and, for leanpool's batches, their compute times on the workers.
 
-The leanpool measured is ``git archive COMMIT src`` (``--commit``, default HEAD),
+``--report OUT`` prints a saved run's report again from OUT.json, with this version's
+summary.  The leanpool measured is ``git archive COMMIT src`` (``--commit``, default HEAD),
 unpacked into a scratch directory and put first on PYTHONPATH for the CLI, the
 driver and the workers: edits to the checkout during the run do not change it.
 """
@@ -89,11 +93,16 @@ RUN_TIMEOUT_S: Final = 1200.0
 
 QUIET_CORES: Final = 0.15
 """Before each measured run, wait until other programs use under this many cores ..."""
-QUIET_WAIT_S: Final = 60.0
-"""... but no longer than this (the run's ``others_cpu_s`` says what it competed with)."""
+QUIET_WAIT_S: Final = 20.0
+"""... but no longer than this (``--quiet-wait``; the run's ``others_cpu_s`` says what it
+competed with)."""
+TIMELINE_S: Final = 1.0
+"""How often the driver's and the scheduler's RSS go into a run's timeline."""
 
 METHODS: Final = ("local", "cluster", "plain-dask")
 PHASES: Final = ("startup", "speed", "threads4", "memory")
+QUIET_WAIT: Final = [QUIET_WAIT_S]
+"""The longest wait for a quiet machine before a run, as ``--quiet-wait`` set it."""
 WORKERS: Final = 2
 
 
@@ -518,6 +527,9 @@ class Run:
     batches: int | None = None
     dask_tasks: int | None = None
     batch_compute_s: list[float] = field(default_factory=list)
+    timeline: list[list[float]] = field(default_factory=list)
+    """[seconds since the start, driver VmRSS KiB, scheduler VmRSS KiB] every
+    ``TIMELINE_S`` (0 when not known)."""
     stderr_tail: str = ""
 
     def per_task_us(self, seconds: float | None) -> float | None:
@@ -537,6 +549,9 @@ class Watch:
         self.driver_cpu_s: float | None = None
         self.scheduler_peak_kb: int | None = None
         self.cmd_peak_kb: int | None = None
+        self.timeline: list[list[float]] = []
+        self._began = time.monotonic()
+        self._next_point = self._began
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
         self._thread.start()
@@ -562,6 +577,16 @@ class Watch:
                 self.scheduler_peak_kb, proc_status_kb(self.scheduler_pid, b"VmHWM:")
             )
         self.cmd_peak_kb = self._max(self.cmd_peak_kb, proc_status_kb(self.cmd_pid, b"VmHWM:"))
+        now = time.monotonic()
+        if now >= self._next_point:
+            self._next_point = now + TIMELINE_S
+            driver = 0 if self.driver_pid is None else proc_status_kb(self.driver_pid, b"VmRSS:")
+            sched = (
+                None
+                if self.scheduler_pid is None
+                else proc_status_kb(self.scheduler_pid, b"VmRSS:")
+            )
+            self.timeline.append([round(now - self._began, 1), driver or 0, sched or 0])
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_S):
@@ -578,7 +603,7 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
     err_path = scratch / "err.txt"
     cluster.counts()  # forget what earlier runs (and warm-ups) left in the counts
     if run.phase != "warmup":
-        run.others_before = wait_quiet()
+        run.others_before = wait_quiet(longest=QUIET_WAIT[0])
     sched = cluster.scheduler_pid
     run.scheduler_rss_before_kb = proc_status_kb(sched, b"VmRSS:")
     reset_peak(sched)
@@ -646,6 +671,7 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
     run.driver_cpu_sampled_s = watch.driver_cpu_s
     run.scheduler_peak_kb = watch.scheduler_peak_kb
     run.cmd_peak_kb = watch.cmd_peak_kb
+    run.timeline = watch.timeline
     if run.method == "cluster":
         run.driver_cpu_s = run.cmd_children_cpu_s
     elif run.method == "plain-dask":
@@ -838,6 +864,13 @@ def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _spread(points: list[list[float]], k: int) -> list[list[float]]:
+    """k points spread evenly over a timeline, its first and last included."""
+    if len(points) <= k:
+        return points
+    return [points[round(i * (len(points) - 1) / (k - 1))] for i in range(k)]
+
+
 def summarize(runs: list[Run]) -> dict[str, Any]:
     """Per (phase, workload, method): rates and costs over its good runs; per workload,
     the paired ratios; the memory runs as they are."""
@@ -927,6 +960,34 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         ]
         row["driver_fixed_s"] = base
         row["driver_marginal_us_per_task"] = _median(marginal)
+    # The scheduler's own idle cost (heartbeats, periodic work): its CPU per second while
+    # a local run goes on (no Dask work); what it spends beyond that is the runs' work.
+    idle = _median(
+        [
+            r.scheduler_cpu_s / r.wall_s
+            for r in runs
+            if r.ok and r.method == "local" and r.phase == "speed" and r.wall_s
+        ]
+    )
+    for row in rows:
+        good = [
+            r
+            for r in groups[
+                (row["phase"], row["workload"], row["method"], row["threads_per_worker"])
+            ]
+            if r.ok
+        ]
+        beyond = [(r.scheduler_cpu_s - (idle or 0.0) * r.wall_s) for r in good]
+        row["scheduler_idle_cores"] = idle
+        row["scheduler_beyond_idle_us_per_task"] = (
+            None
+            if idle is None
+            else _median([b / r.n * 1e6 for b, r in zip(beyond, good, strict=True)])
+        )
+        per_batch = [b / r.batches * 1e3 for b, r in zip(beyond, good, strict=True) if r.batches]
+        row["scheduler_beyond_idle_ms_per_batch"] = (
+            None if idle is None or row["method"] != "cluster" else _median(per_batch)
+        )
     ratios = []
     speed = [r for r in runs if r.phase == "speed"]
     for workload in dict.fromkeys(r.workload for r in speed):
@@ -968,6 +1029,9 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             "batches": r.batches,
             "batch_compute_median_s": _median(r.batch_compute_s),
             "others_cores": r.others_cpu_s / r.wall_s if r.wall_s else None,
+            "rss_along_mb": [
+                [p[0], round(p[1] / 1024, 1), round(p[2] / 1024, 1)] for p in _spread(r.timeline, 6)
+            ],
         }
         for r in runs
         if r.phase == "memory"
@@ -1008,6 +1072,34 @@ def print_summary(report: Report) -> None:
     say("  programs'); others: the most cores other programs used during a run; batch s:")
     say("  median compute seconds of leanpool's batches on a worker; thr: threads per")
     say("  worker; -j: tasks at once per batch (runner).")
+    say("\nCosts per task and per batch (medians)")
+    say(
+        f"  {'workload':<8} {'method':<11} {'thr':>3} {'driver us':>9} {'beyond fixed':>12} "
+        f"{'1/that':>8} {'sched us':>8} {'beyond idle':>11} {'ms/batch':>8} {'tasks/batch':>11}"
+    )
+    for row in summary["methods"]:
+        if row["phase"] == "startup" or row["method"] == "local":
+            continue
+        marginal = row["driver_marginal_us_per_task"]
+        bound = "-" if not marginal else f"{1e6 / marginal:,.0f}/s"
+        per_batch = row["scheduler_beyond_idle_ms_per_batch"]
+        batches = row["batches_median"]
+        per = "-" if not batches else f"{row['n'] / batches:,.0f}"
+        say(
+            f"  {row['workload']:<8} {row['method']:<11} {row['threads_per_worker']:>3} "
+            f"{fmt_us(row['driver_us_per_task']):>9} {fmt_us(marginal):>12} {bound:>8} "
+            f"{fmt_us(row['scheduler_us_per_task']):>8} "
+            f"{fmt_us(row['scheduler_beyond_idle_us_per_task']):>11} "
+            f"{'-' if per_batch is None else f'{per_batch:.1f}':>8} "
+            f"{per:>11}"
+        )
+    idle = next((r["scheduler_idle_cores"] for r in summary["methods"]), None)
+    say("  beyond fixed: the driver's CPU less a one-task run's, per task beyond one; 1/that:")
+    say("  the tasks/s one driver could keep up with at that cost, one core to itself;")
+    say(
+        "  beyond idle: the scheduler's CPU less its idle rate "
+        f"({'-' if idle is None else f'{idle:.3f}'} cores, measured during the local runs)."
+    )
     say("\nPaired ratios of tasks/s (same repeat)")
     for ratio in summary["ratios"]:
         pairs = ", ".join(f"{p:.2f}" for p in ratio["pairs"])
@@ -1035,6 +1127,10 @@ def print_summary(report: Report) -> None:
                 f"{fmt_us(m['driver_marginal_us_per_task']):>6} "
                 f"{fmt_us(m['scheduler_us_per_task']):>6} {m['batches'] or '-':>7}  {m['ok']}"
             )
+        say("  RSS along each run (seconds: driver MB / scheduler MB):")
+        for m in summary["memory"]:
+            along = ", ".join(f"{t:.0f} s: {d:.1f}/{c:.1f}" for t, d, c in m["rss_along_mb"])
+            say(f"  {m['n']:>9,}  {along or '-'}")
     print_targets(report, summary)
 
 
@@ -1057,13 +1153,16 @@ def print_targets(report: Report, summary: dict[str, Any]) -> None:
         for key, name in (("driver_peak_mb", "driver"), ("scheduler_peak_mb", "scheduler")):
             if low[key] is None or high[key] is None:
                 continue
-            flat = high[key] <= 1.25 * low[key]
-            size = "" if high["n"] >= 1_000_000 else " (1,000,000 not measured)"
-            say(
-                f"  {'MET    ' if flat and not size else 'NOT MET'}  {name} peak RSS flat "
-                f"(within 25%) from {low['n']:,} to 1,000,000 tasks: {low[key]:.1f} MB at "
-                f"{low['n']:,}, {high[key]:.1f} MB at {high['n']:,}{size}"
+            growth = high[key] / low[key] - 1
+            seen = (
+                f"{low[key]:.1f} MB at {low['n']:,} tasks, {high[key]:.1f} MB at "
+                f"{high['n']:,} ({growth:+.0%})"
             )
+            if high["n"] < 1_000_000:
+                verdict = "NOT MEASURED"
+            else:
+                verdict = "MET    " if growth <= 0.25 else "NOT MET"
+            say(f"  {verdict}  {name} peak RSS flat (within 25%) to 1,000,000 tasks: {seen}")
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -1132,11 +1231,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="... and when it should end within this many seconds of the start (1500)",
     )
     parser.add_argument(
+        "--workloads", default="echo,sleep", help="of the speed phases (echo,sleep)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=QUIET_WAIT_S,
+        help="before each run, wait up to this many seconds for other programs to use "
+        f"under {QUIET_CORES} cores ({QUIET_WAIT_S:.0f})",
+    )
+    parser.add_argument(
         "--phases",
         default=",".join(PHASES),
         help=f"comma list of {','.join(PHASES)} (default all)",
     )
     parser.add_argument("--commit", default="HEAD", help="the leanpool measured (HEAD)")
+    parser.add_argument(
+        "--report",
+        metavar="OUT",
+        help="run nothing: print OUT.json's runs and summary again, rewrite OUT.txt",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the sleep durations")
     parser.add_argument(
         "--out",
@@ -1163,10 +1277,46 @@ def terminated_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def say_header(report: Report) -> None:
+    meta = report.meta
+    report.say(
+        f"{meta['date']}  {meta['nproc']} CPUs, {meta['memory']}, kernel {meta['kernel']}, "
+        f"Python {meta['python']}, dask {meta['dask']}, distributed {meta['distributed']}"
+    )
+    report.say(
+        f"measured: leanpool at {meta['commit_short']} ({meta['measured_source']}); "
+        f"checkout src/ dirty: {meta['checkout_src_dirty']}"
+    )
+    report.say(f"command: {' '.join(meta['argv'])}")
+
+
+def rerender(out: str) -> int:
+    """Print the report of a saved run again, from its raw runs (OUT.json), with this
+    version's summary; rewrite OUT.txt and OUT.json's summary."""
+    data = json.loads(Path(out + ".json").read_text())
+    report = Report(data["meta"], data["args"], [Run(**r) for r in data["runs"]])
+    report.notes = list(data.get("notes", []))
+    say_header(report)
+    report.say(f"(rendered again from {Path(out).name}.json by --report)")
+    phase = None
+    for run in report.runs:
+        if run.phase != phase:
+            phase = run.phase
+            report.say(f"\n== {phase}")
+        report.say(describe(run))
+    for note in report.notes:
+        report.say("  " + note)
+    print_summary(report)
+    report.save(out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plain_dask_driver:
         return plain_dask_driver(*args.plain_dask_driver)
+    if args.report:
+        return rerender(args.report.removesuffix(".json"))
     began = time.monotonic()
     script = Path(__file__).resolve()
     scratch = Path(tempfile.mkdtemp(prefix="leanpool-cluster-bench-"))
@@ -1176,17 +1326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     meta = machine_info(args.commit, src)
     report = Report(meta, {k: v for k, v in vars(args).items() if k != "plain_dask_driver"})
-    report.say(
-        f"{meta['date']}  {meta['nproc']} CPUs, {meta['memory']}, kernel {meta['kernel']}, "
-        f"Python {meta['python']}, dask {meta['dask']}, distributed {meta['distributed']}"
-    )
-    report.say(
-        f"measured: leanpool at {meta['commit_short']} ({meta['measured_source']}); "
-        f"checkout src/ dirty: {meta['checkout_src_dirty']}"
-    )
-    report.say(f"command: {' '.join(sys.argv)}")
+    say_header(report)
     sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    workloads = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    QUIET_WAIT[0] = args.quiet_wait
     if phases - set(PHASES):
         print(f"unknown phases {sorted(phases - set(PHASES))}; choose from {PHASES}")
         return 2
@@ -1210,7 +1354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 speed_phase(
                     report,
                     cluster,
-                    [echo, sleep],
+                    [w for w in (echo, sleep) if w.name in workloads],
                     args.repeats,
                     scratch,
                     script,
@@ -1229,7 +1373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     speed_phase(
                         report,
                         cluster,
-                        [echo, sleep],
+                        [w for w in (echo, sleep) if w.name in workloads],
                         1,
                         scratch,
                         script,
