@@ -614,7 +614,18 @@ class ClusterDriver:
             if address.startswith("local:"):
                 self.client = self._start_local(address)
             else:
-                self.client = Client(address, set_as_default=False)  # Dask's connect timeout
+                # Outcomes come from the workers, not through the scheduler (whose
+                # memory grew with every outcome it relayed), unless Dask's config says
+                # otherwise (a driver that cannot reach the workers).  The connect
+                # timeout is Dask's too.
+                import dask
+
+                direct = dask.config.get("distributed.client.direct-to-workers", None)
+                self.client = Client(
+                    address,
+                    set_as_default=False,
+                    direct_to_workers=True if direct is None else direct,
+                )
         except _ClusterUnusable:
             raise
         except Exception as exc:
@@ -657,7 +668,7 @@ class ClusterDriver:
             )
         finally:
             signal.signal(signal.SIGINT, previous)
-        return Client(self._local_cluster, set_as_default=False)
+        return Client(self._local_cluster, set_as_default=False, direct_to_workers=True)
 
     def _disconnect(self) -> None:
         self._tell(None, "finish", [])  # the workers' idle runners of this run end now
