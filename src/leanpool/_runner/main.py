@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from .._errors import JournalError, TaskFileError
 from .._protocol.records import encode_line
 from .intake import ControlError
+from .loop import Runner
 from .reports import fatal_record
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ class Run(Protocol):
 
 def main(argv: list[str]) -> int:
     """Run the tasks the JSON config in argv[0] describes."""
-    from .loop import Runner
-
     return run_main(argv, Runner)
 
 
