@@ -259,6 +259,10 @@ def which_leanpool() -> str:
 # -- the cluster ---------------------------------------------------------------------------
 
 
+class ClusterGone(Exception):
+    """A process of the benchmark's cluster exited: nothing more can be measured on it."""
+
+
 class Cluster:
     """A scheduler and two ``dask worker`` processes on 127.0.0.1, each in its own
     process group (killed whole at the end)."""
@@ -376,6 +380,14 @@ class Cluster:
             return None
         finally:
             client.close()
+
+    def problem(self) -> str | None:
+        """Why the cluster is not whole any more (one of its processes exited), if so."""
+        names = ["the scheduler", *(f"worker {i}" for i in range(WORKERS))]
+        for name, proc in zip(names, self.procs, strict=False):
+            if proc.poll() is not None:
+                return f"{name} of the cluster exited (status {proc.returncode}) during the run"
+        return None
 
     def workers_cpu(self) -> float:
         return sum(tree_cpu(pid) for pid in self.worker_pids)
@@ -541,8 +553,11 @@ class Watch:
     CPU, the scheduler's VmHWM and the command's own VmHWM (all kernel peaks, so a
     sample misses only what comes after the last one)."""
 
-    def __init__(self, cmd_pid: int, scheduler_pid: int | None) -> None:
+    def __init__(self, cmd_pid: int, scheduler_pid: int | None, cluster: Cluster) -> None:
         self.cmd_pid = cmd_pid
+        self.cluster = cluster
+        self.problem: str | None = None
+        """Set when the cluster lost a process: the command was killed."""
         self.scheduler_pid = scheduler_pid
         self.driver_pid: int | None = None
         self.driver_peak_kb: int | None = None
@@ -563,6 +578,11 @@ class Watch:
         return new if old is None else max(old, new)
 
     def sample(self) -> None:
+        if self.problem is None:
+            self.problem = self.cluster.problem()
+            if self.problem is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(self.cmd_pid, signal.SIGKILL)
         if self.driver_pid is None:
             self.driver_pid = find_child(self.cmd_pid, DRIVER_MARK)
         if self.driver_pid is not None:
@@ -635,7 +655,7 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
 
         reader = threading.Thread(target=copy, name="reader", daemon=True)
         reader.start()
-        watch = Watch(proc.pid, sched)
+        watch = Watch(proc.pid, sched, cluster)
         timer = threading.Timer(RUN_TIMEOUT_S, lambda: os.killpg(proc.pid, signal.SIGKILL))
         timer.start()
         try:
@@ -682,6 +702,8 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
         run.dask_tasks = int(counts["tasks"])
         run.batch_compute_s = [round(float(s), 3) for s in counts["compute"]]
     run.problems = check_output(out_path, workload)
+    if watch.problem is not None:
+        run.problems.insert(0, watch.problem)
     if run.returncode != 0:
         run.problems.insert(0, f"exit status {run.returncode}")
     run.ok = not run.problems
@@ -837,6 +859,9 @@ def speed_phase(
                 report.say(describe(run))
                 if not run.ok:
                     report.say(f"    stderr tail: {run.stderr_tail[-600:]!r}")
+                gone = cluster.problem()
+                if gone is not None:
+                    raise ClusterGone(gone)
 
 
 def warm_up(
@@ -1396,6 +1421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run_command(run, workload, cluster, scratch)
                     workload.path.unlink()
                     report.runs.append(run)
+                    if (gone := cluster.problem()) is not None:
+                        report.say(describe(run))
+                        raise ClusterGone(gone)
                     report.say(
                         describe(run) + f"; driver peak {fmt_mb(run.driver_peak_kb)} MB, "
                         f"scheduler peak {fmt_mb(run.scheduler_peak_kb)} MB"
@@ -1418,6 +1446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             report.say("  " + note)
         print_summary(report)
         report.say(f"\ntotal wall time of the benchmark: {time.monotonic() - began:.0f} s")
+    except ClusterGone as exc:
+        report.notes.append(f"stopped: {exc}")
+        report.say(f"\nSTOPPED: {exc}")
+        print_summary(report)
+        return 1
     finally:
         report.save(args.out)
         if all(r.ok for r in report.runs):
