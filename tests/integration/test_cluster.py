@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from leanpool import ClusterError, TaskRunner
-from tests.helpers import PY, alive, leanpool_cli, run_marked_pids, wait_for
+from tests.helpers import PY, leanpool_cli, run_marked_pids, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -69,18 +69,7 @@ class Cluster:
 
     def worker_pids(self) -> list[int]:
         """The worker processes (multiprocessing's spawned children of the cluster)."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat[1]) == self.proc.pid and b"spawn_main" in cmdline and stat[0] != "Z":
-                found.append(int(entry.name))
-        return found
+        return children_of(self.proc.pid, b"spawn_main")
 
     def kill(self) -> None:
         """The whole cluster goes away at once."""
@@ -480,8 +469,9 @@ def test_driver_imports_no_dask_into_the_caller() -> None:
     assert out.stdout.strip() == b"[]"
 
 
-def _driver_of(cli_pid: int) -> int:
-    """The cluster driver the CLI started."""
+def children_of(parent: int, marker: bytes) -> list[int]:
+    """The live children of ``parent`` whose command line holds ``marker``."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -490,23 +480,12 @@ def _driver_of(cli_pid: int) -> int:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if (
-            int(stat[1]) == cli_pid
-            and b"leanpool._cluster.driver" in cmdline
-            and alive(int(entry.name))
-        ):
-            return int(entry.name)
-    raise AssertionError("no driver found")
+        if int(stat[1]) == parent and marker in cmdline and stat[0] != "Z":
+            found.append(int(entry.name))
+    return found
 
 
-def test_arun_on_a_cluster(cluster: Cluster) -> None:
-    """asyncio reads a cluster run through the same decoder: results in order."""
-    import asyncio
-
-    async def main() -> list[object]:
-        runner = TaskRunner(2, cluster=cluster.address)
-        for i in range(12):
-            runner.add(i, f"echo {i}")
-        return [result.stdout async for result in runner.arun(ordered=True)]
-
-    assert asyncio.run(main()) == [f"{i}\n" for i in range(12)]
+def _driver_of(cli_pid: int) -> int:
+    """The cluster driver the CLI started."""
+    (driver,) = children_of(cli_pid, b"leanpool._cluster.driver")
+    return driver
