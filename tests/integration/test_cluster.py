@@ -489,3 +489,16 @@ def _driver_of(cli_pid: int) -> int:
     """The cluster driver the CLI started."""
     (driver,) = children_of(cli_pid, b"leanpool._cluster.driver")
     return driver
+
+
+def test_arun_on_a_cluster(cluster: Cluster) -> None:
+    """asyncio reads a cluster run through the same decoder: results in order."""
+    import asyncio
+
+    async def main() -> list[object]:
+        runner = TaskRunner(2, cluster=cluster.address)
+        for i in range(12):
+            runner.add(i, f"echo {i}")
+        return [result.stdout async for result in runner.arun(ordered=True)]
+
+    assert asyncio.run(main()) == [f"{i}\n" for i in range(12)]
