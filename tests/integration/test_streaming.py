@@ -232,9 +232,10 @@ def test_stdin_of_the_cli_is_read_as_it_comes_even_when_slow() -> None:
     cli.stdout.close()
     assert cli.wait(timeout=30) == 0
     source.wait(timeout=5)
-    # Not all at the end (1.2 s): each as its line arrived.
-    assert times[0] < 0.35, times
-    assert times[1] < 0.75, times
+    # Not all at the end (1.2 s): each as its line arrived, 0.4 s apart.  Measured
+    # between results, not from the start: a slow start of the CLI (a loaded machine)
+    # may take the first two lines together, never the last one with them.
+    assert times[2] - times[0] >= 0.3, times
 
 
 def test_leaving_the_loop_early_is_quick_and_the_runner_exits_by_itself() -> None:
