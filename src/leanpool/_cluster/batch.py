@@ -7,13 +7,21 @@ runner start), so timeouts kill process groups on the worker, output is drained 
 and nothing leaves the worker's machine before a task has ended.  It returns the
 runner's result lines as they came (``BatchOutcome``), with how the batch ended.
 
-Results sooner than the batch's end.  Every ``PUBLISH_S`` the watcher thread sends the
-result lines that arrived since, through the scheduler, as a Dask event on the run's
-topic (``topic``), so that a run's results stream while its batches run.  The outcome
-still carries every line: an event is an early copy, and the driver records each task
-once, whichever copy comes first.  Only lines up to ``EARLY_LINE_MAX`` bytes travel
-early, and at most ``EARLY_EVENT_MAX`` bytes an event (the scheduler keeps a topic's
-last thousand events in memory; the driver forgets its topic at the end of the run).
+Where a batch's tasks travel.  Not in the Dask task: the scheduler and the client keep
+each stream's last 1,000 messages (``distributed.admin.low-level-log-length``), so lines
+inside the task made the scheduler's memory grow with every task of the run.  The driver
+puts a batch's lines in a Dask ``Variable`` (held by the scheduler, which keeps no copy
+of what a request carried) and the task names it (``tasks_at``); the batch fetches them,
+and the driver deletes the variable once the batch is done with.  A batch run again
+after its worker died finds its lines there still.
+
+Results sooner than the batch's end.  A running batch keeps the result lines that
+arrived since the driver last asked (``_Live.pending``); every quarter second or so the
+driver asks every worker for them (``take_early``, through ``client.run``: a request
+and its answer, which the scheduler does not keep).  The outcome still carries every
+line: an early line is a copy, and the driver records each task once, whichever copy
+comes first.  Only lines up to ``EARLY_LINE_MAX`` bytes travel early, and at most
+``EARLY_TAKE_MAX`` bytes per batch and request.
 
 Stopping a batch that runs.  Dask never stops a running task (distributed#4694), so a
 batch watches for itself, in a thread, every ``WATCH_S``:
@@ -40,7 +48,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
+from typing import TYPE_CHECKING, Final, Literal, TypedDict
 
 from .._errors import RunnerError
 from .._protocol.reader import Ended, Idle, ResultEvent
@@ -54,35 +62,34 @@ if TYPE_CHECKING:
     from .._protocol.records import EndRecord
 
 __all__ = [
-    "EARLY_EVENT_MAX",
     "EARLY_LINE_MAX",
-    "PUBLISH_S",
+    "EARLY_TAKE_MAX",
+    "FETCH_TIMEOUT_S",
     "WATCH_S",
     "BatchOutcome",
     "BatchSpec",
     "Control",
+    "EarlyLines",
     "ProtocolMismatch",
     "control",
-    "forget_topic",
     "run_batch",
-    "topic",
+    "take_early",
 ]
 
 WATCH_S: Final = 0.1
 """How often a running batch looks whether its future was cancelled: a stopped run's
 tasks are signalled at most this long after the driver (or the scheduler) let go."""
 
-PUBLISH_S: Final = 0.25
-"""How often a running batch sends its new result lines ahead of its outcome."""
-
-EARLY_LINE_MAX: Final = 1 << 12
+EARLY_LINE_MAX: Final = 1 << 16
 """Result lines longer than this come with the outcome only."""
 
-EARLY_EVENT_MAX: Final = 1 << 14
-"""Bytes of result lines an early event carries at most; the rest of what arrived in
-its quarter second comes with the outcome only.  The scheduler keeps a topic's last
-1,000 events (``distributed.admin.low-level-log-length``): 16 MiB at the most a run,
-where 64 KiB an event made its memory grow by 18 MB from 10,000 tasks to 100,000."""
+EARLY_TAKE_MAX: Final = 1 << 20
+"""Bytes of result lines one batch hands over early per request at most; the rest of
+what arrived meanwhile comes with the outcome only."""
+
+FETCH_TIMEOUT_S: Final = 60.0
+"""Seconds a batch waits for its lines' variable: it exists before the batch is
+submitted, so only a driver that let go of the batch meanwhile makes it wait."""
 
 IDLE_S: Final = 1.0
 """Seconds a worker thread's runner waits for the run's next batch before it ends."""
@@ -108,14 +115,24 @@ class BatchSpec(TypedDict):
     key: str
     """The batch's own: its Dask key, unique per submission."""
     format: TaskFormat
-    lines: list[bytes]
-    """The tasks' lines, each as in the task file (``lines``: a command per line, whose
+    tasks_at: str
+    """The name of the Dask ``Variable`` holding the tasks' lines, as one ``bytes`` of
+    newline-ended lines, each as in the task file (``lines``: a command per line, whose
     id the driver maps back from its position)."""
     options: Options
     """The run's options, less what the driver does itself (journal, resume, halt)."""
     parallel: int | None
     """Tasks at once; None: twice this machine's usable CPUs, shared by its threads."""
     slot_env: str | None
+
+
+class EarlyLines(TypedDict):
+    """Result lines of a running batch, handed over before its outcome."""
+
+    key: str
+    lines: list[bytes]
+    line_base: int
+    """As ``BatchOutcome.line_base``."""
 
 
 class BatchOutcome(TypedDict):
@@ -138,11 +155,6 @@ class BatchOutcome(TypedDict):
     is its place in the batch."""
     worker: str
     """Where it ran (the worker's address, or the host name outside a worker)."""
-
-
-def topic(token: str) -> str:
-    """The Dask event topic on which a run's batches send results early."""
-    return f"leanpool-{token}"
 
 
 class _Feed:
@@ -194,9 +206,9 @@ class _Feed:
         self.ended = False
         self.idle_since = time.monotonic()
 
-    def run(self, lines: list[bytes], live: _Live) -> BatchOutcome:
-        """Run one batch's lines; its outcome once all of them have their result (or
-        the runner ended: stopped, halted, failed)."""
+    def run(self, data: bytes, live: _Live) -> BatchOutcome:
+        """Run one batch's newline-ended lines; its outcome once all of them have their
+        result (or the runner ended: stopped, halted, failed)."""
         outcome: BatchOutcome = {
             "results": [],
             "end": None,
@@ -206,11 +218,10 @@ class _Feed:
             "worker": "",
             "line_base": self.lines,
         }
-        data = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines)
         self._spool.write(data)
         self._spool.flush()
         self.offset += len(data)
-        self.lines += len(lines)
+        self.lines += data.count(b"\n")
         self.runner.more(self.offset)
         results = outcome["results"]
         try:
@@ -275,20 +286,21 @@ class _Live:
             with self._lock:
                 self.pending.append(line)
 
-    def publish(self, worker: Any) -> None:
-        """Send the pending lines as one event (from the watcher thread)."""
+    def take(self) -> EarlyLines | None:
+        """The pending lines, at most ``EARLY_TAKE_MAX`` bytes of them (the rest come
+        with the outcome only); None when none arrived."""
         with self._lock:
             pending, self.pending = self.pending, []
         lines = []
         size = 0
         for line in pending:
             size += len(line)
-            if size > EARLY_EVENT_MAX:
+            if size > EARLY_TAKE_MAX:
                 break
             lines.append(line)
-        if lines:
-            message = {"key": self.key, "lines": lines, "line_base": self.base}
-            worker.log_event(topic(self.token), message)
+        if not lines:
+            return None
+        return {"key": self.key, "lines": lines, "line_base": self.base}
 
 
 _LIVE: dict[str, tuple[_Live, bool]] = {}
@@ -331,6 +343,15 @@ def control(token: str, key: str | None, what: Control, ids: list[str | int]) ->
         live.apply(what, ids, lines_format=lines_format)
 
 
+def take_early(token: str) -> list[EarlyLines]:
+    """The result lines the run's batches running here got since the last call
+    (``client.run``, on every worker, from the driver)."""
+    with _REGISTRY_LOCK:
+        running = [live for live, _ in _LIVE.values() if live.token == token]
+    taken = [live.take() for live in running]
+    return [early for early in taken if early is not None]
+
+
 def run_batch(spec: BatchSpec) -> BatchOutcome:
     """Run one batch with this thread's lean runner; return its results when it ends.
 
@@ -343,6 +364,7 @@ def run_batch(spec: BatchSpec) -> BatchOutcome:
             f"{spec.get('protocol')!r}: install the same leanpool on every machine"
         )
     started = time.monotonic()
+    data = _fetch_lines(spec["tasks_at"])
     worker, key_state = _this_worker()
     token = spec["token"]
     lines_format = spec["format"] == "lines"
@@ -364,13 +386,13 @@ def run_batch(spec: BatchSpec) -> BatchOutcome:
     if key_state is not None:
         watcher = threading.Thread(
             target=_watch,
-            args=(live, key_state, worker),
+            args=(live, key_state),
             name="leanpool-batch-watch",
             daemon=True,
         )
         watcher.start()
     try:
-        outcome = feed.run(spec["lines"], live)
+        outcome = feed.run(data, live)
     except BaseException:
         feed.ended = True
         raise
@@ -394,11 +416,17 @@ def run_batch(spec: BatchSpec) -> BatchOutcome:
     return outcome
 
 
-def forget_topic(dask_scheduler: Any, token: str) -> None:
-    """On the scheduler, at the end of a run: drop the run's early events it keeps
-    (``client.run_on_scheduler``)."""
-    with contextlib.suppress(AttributeError, KeyError):
-        dask_scheduler._broker.truncate(topic(token))
+def _fetch_lines(name: str) -> bytes:
+    """The batch's lines, from the variable the driver put them in."""
+    from distributed import Variable
+
+    try:
+        data = Variable(name).get(timeout=FETCH_TIMEOUT_S)
+    except TimeoutError:
+        raise RuntimeError(f"the batch's tasks are gone from the scheduler ({name})") from None
+    if not isinstance(data, bytes):
+        raise TypeError(f"the batch's tasks came as {type(data).__name__}, not bytes")
+    return data
 
 
 def _close_feeds(which: Callable[[_Feed], bool]) -> None:
@@ -430,17 +458,12 @@ def _idle_too_long(feed: _Feed) -> bool:
     return not feed.busy and time.monotonic() - feed.idle_since >= IDLE_S
 
 
-def _watch(live: _Live, key_state: _KeyState, worker: Any) -> None:
-    """Stop the batch's runner once its future is no longer wanted, and send its new
-    results every ``PUBLISH_S`` (see the module)."""
-    published_at = time.monotonic()
+def _watch(live: _Live, key_state: _KeyState) -> None:
+    """Stop the batch's runner once its future is no longer wanted (see the module)."""
     while not live.finished.wait(WATCH_S):
         if not key_state.wanted():
             live.apply("stop", [], lines_format=False)
             return
-        if time.monotonic() - published_at >= PUBLISH_S:
-            published_at = time.monotonic()
-            live.publish(worker)
 
 
 class _KeyState:

@@ -58,7 +58,7 @@ from .._runner.main import run_main
 from .._runner.outbox import Outbox
 from .._runner.reports import InputReports, end_record, fatal_record
 from .._runner.results import Built, cancelled_result
-from .batch import BatchSpec, ProtocolMismatch, control, forget_topic, run_batch, topic
+from .batch import BatchSpec, ProtocolMismatch, control, run_batch, take_early
 from .sizing import PER_THREAD, BatchSizer
 
 if TYPE_CHECKING:
@@ -73,9 +73,13 @@ if TYPE_CHECKING:
         StartRecord,
     )
     from .._protocol.tasks import Task
-    from .batch import BatchOutcome, Control
+    from .batch import BatchOutcome, Control, EarlyLines
 
-__all__ = ["LOST_AFTER_S", "STOP_WAIT_S", "ClusterDriver", "main"]
+__all__ = ["EARLY_POLL_S", "LOST_AFTER_S", "STOP_WAIT_S", "ClusterDriver", "main"]
+
+EARLY_POLL_S: Final = 0.25
+"""How often the driver asks the workers for the results their running batches got
+(``take_early``), per 16 workers: each request opens a connection to every worker."""
 
 LOST_AFTER_S: Final = 5.0
 """Seconds without a scheduler before the run ends with a ``cluster`` error (Dask's
@@ -218,6 +222,10 @@ class ClusterDriver:
         self.client: Client | None = None
         self._local_cluster: Any = None
         self._scratch: str | None = None
+        self._workers = 1
+        self._polling = threading.Event()
+        """Set while batches are in flight: the early-results thread asks then only."""
+        self._poll_over = threading.Event()
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -236,10 +244,14 @@ class ClusterDriver:
         else:
             self.outbox.control(encode_line(start))
             threading.Thread(target=self._read_stdin, name="leanpool-stdin", daemon=True).start()
+            poller = threading.Thread(target=self._poll_early, name="leanpool-early", daemon=True)
+            poller.start()
             try:
                 self._loop()
             finally:
+                self._poll_over.set()
                 self._cancel_all()
+                poller.join(5.0)
         self.outbox.release_held()
         self.outbox.control(encode_line(self._last_record()))
         if self.journal is not None:
@@ -262,6 +274,10 @@ class ClusterDriver:
             self.outbox.flush(final=True)
             if self.outbox.caller_gone:
                 self._stop(by="caller")
+            if self.inflight:
+                self._polling.set()
+            else:
+                self._polling.clear()
             try:
                 event = self.events.get(timeout=self._wait_s())
             except queue.Empty:
@@ -322,6 +338,22 @@ class ClusterDriver:
             if not data:
                 return
 
+    def _poll_early(self) -> None:
+        """The early-results thread: while batches are in flight, ask every worker for
+        what its running batches got (``take_early``), and hand it to the loop."""
+        client = self.client
+        assert client is not None
+        while not self._poll_over.wait(EARLY_POLL_S * max(1.0, self._workers / 16)):
+            if not self._polling.is_set() or client.status != "running":
+                continue
+            try:
+                answers = client.run(take_early, self.token, on_error="ignore")
+            except Exception:  # the scheduler going away: the loop sees it
+                continue
+            for taken in answers.values():
+                for early in taken:
+                    self.events.put(("early", early))
+
     def _install_signals(self) -> None:
         def on_signal(signum: int, _frame: object) -> None:
             self.events.put(("signal", signal.Signals(signum).name))
@@ -346,8 +378,9 @@ class ClusterDriver:
         if client.status == "running":
             self._lost_since = None
             with contextlib.suppress(Exception):  # a scheduler going away: seen next time
-                threads = sum(client.nthreads().values())
-                self.slots = max(1, PER_THREAD * threads)
+                nthreads = client.nthreads()
+                self._workers = max(1, len(nthreads))
+                self.slots = max(1, PER_THREAD * sum(nthreads.values()))
             return
         if self._lost_since is None:
             self._lost_since = now
@@ -408,6 +441,8 @@ class ClusterDriver:
         return raw
 
     def _submit(self, tasks: list[Task], seqs: list[int], lines: list[bytes]) -> None:
+        from distributed import Variable
+
         client = self.client
         assert client is not None
         self._batches += 1
@@ -419,12 +454,16 @@ class ClusterDriver:
             "token": self.token,
             "key": key,
             "format": self.config["input"]["format"],
-            "lines": lines,
+            "tasks_at": _tasks_at(key),
             "options": self._batch_options,
             "parallel": self.cluster["parallel"],
             "slot_env": self.config["slot_env"],
         }
+        data = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines)
         try:
+            # The lines wait for the batch on the scheduler, out of the task (see
+            # ``batch``): set before the batch can start, deleted once it is done with.
+            Variable(spec["tasks_at"], client=client).set(data)
             future = client.submit(run_batch, spec, key=key, pure=False)
         except Exception as exc:  # the scheduler went away: the run ends, a resume reruns
             self._fail("cluster", f"cannot submit to the scheduler at {self._address()}: {exc}")
@@ -439,6 +478,7 @@ class ClusterDriver:
         batch = self.inflight.pop(key, None)
         if batch is None or batch.future is None:
             return
+        self._forget_tasks([key])
         future = batch.future
         if future.cancelled():
             return
@@ -460,13 +500,13 @@ class ClusterDriver:
             kind: FatalKind = "worker" if outcome["error_kind"] == "worker" else "cluster"
             self._fail(kind, f"on {outcome['worker']}: {outcome['error']}")
 
-    def _on_early(self, message: dict[str, Any]) -> None:
-        """Result lines a running batch sent ahead of its outcome."""
-        batch = self.inflight.get(message.get("key", ""))
+    def _on_early(self, early: EarlyLines) -> None:
+        """Result lines a running batch handed over ahead of its outcome."""
+        batch = self.inflight.get(early["key"])
         if batch is None:  # its outcome came first, with these lines
             return
-        base = message.get("line_base", 0)
-        for line in message["lines"]:
+        base = early["line_base"]
+        for line in early["lines"]:
             batch.early.add(line)
             self._take(batch, line, base)
 
@@ -584,12 +624,24 @@ class ClusterDriver:
     def _cancel_all(self) -> None:
         """Let go of every batch still in flight: their workers stop their runners."""
         futures = [b.future for b in self.inflight.values() if b.future is not None]
+        self._forget_tasks(list(self.inflight))
         self.inflight.clear()
         self.split.clear()
         self._stop_deadline = None
         if futures and self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.cancel(futures)
+
+    def _forget_tasks(self, keys: list[str]) -> None:
+        """Delete the variables holding these batches' lines (a message, no wait)."""
+        client = self.client
+        if client is None or client.status != "running":
+            return
+        from distributed import Variable
+
+        for key in keys:
+            with contextlib.suppress(Exception):
+                Variable(_tasks_at(key), client=client).delete()
 
     # -- the cluster -----------------------------------------------------------------------
 
@@ -633,10 +685,9 @@ class ClusterDriver:
                 f"cannot reach the Dask scheduler at {address}: {type(exc).__name__}: {exc}"
             ) from None
         with contextlib.suppress(Exception):
-            self.slots = max(1, PER_THREAD * sum(self.client.nthreads().values()))
-        self.client.subscribe_topic(
-            topic(self.token), lambda event: self.events.put(("early", event[1]))
-        )
+            nthreads = self.client.nthreads()
+            self._workers = max(1, len(nthreads))
+            self.slots = max(1, PER_THREAD * sum(nthreads.values()))
 
     def _start_local(self, address: str) -> Client:
         from distributed import Client, LocalCluster
@@ -674,8 +725,6 @@ class ClusterDriver:
         self._tell(None, "finish", [])  # the workers' idle runners of this run end now
         with contextlib.suppress(Exception):
             if self.client is not None:
-                if self.client.status == "running":
-                    self.client.run_on_scheduler(forget_topic, token=self.token)
                 self.client.close(timeout=2)
         with contextlib.suppress(Exception):
             if self._local_cluster is not None:
@@ -706,6 +755,11 @@ class ClusterDriver:
 
 class _ClusterUnusable(Exception):
     """The cluster cannot be reached or started: the run's one ``cluster`` error."""
+
+
+def _tasks_at(key: str) -> str:
+    """The name of the variable holding a batch's lines."""
+    return f"{key}-tasks"
 
 
 def _batch_options(options: Options) -> Options:
