@@ -12,7 +12,8 @@ comes back, journals and sends its results (``Outbox``: journal first, order kep
 
 One loop in the main thread owns all of the run's state; other threads only put
 events on its queue: the stdin reader (control bytes), Dask's done callbacks (a batch
-came back), signal handlers.  Phases, as in the lean runner::
+came back), the early-results thread (result lines of batches still running, asked for
+every ``EARLY_POLL_S``), signal handlers.  Phases, as in the lean runner::
 
     RUNNING ──halt──► DRAINING ──(no batch in flight)──► end
        └──signal, caller gone, halt now, cluster lost──► STOPPING ──(same)──► end
