@@ -34,6 +34,7 @@ single tasks, each retried alone, so that one task that kills its worker fails a
 from __future__ import annotations
 
 import binascii
+import collections
 import contextlib
 import enum
 import json
@@ -82,6 +83,9 @@ EARLY_POLL_S: Final = 0.25
 """How often the driver asks the workers for the results their running batches got
 (``take_early``), per 16 workers: each request opens a connection to every worker."""
 
+COMM_RETRIES: Final = 10
+"""Batches in a row that may fail for a lost connection before the run fails with it."""
+
 LOST_AFTER_S: Final = 5.0
 """Seconds without a scheduler before the run ends with a ``cluster`` error (Dask's
 client tries to reconnect meanwhile)."""
@@ -93,6 +97,11 @@ runners kill their tasks within 0.5 s."""
 _TICK_S: Final = 0.5
 """Most seconds between two looks at the cluster (its threads, its scheduler) and the
 journal's sync, when no event comes."""
+
+_CALL_TIMEOUT_S: Final = 2.0
+"""Most seconds the loop waits on one request to the cluster (its threads, a control,
+the early results): a scheduler going away must not hold it for Dask's connect timeout
+(30 s), since the loop is what notices that it is gone."""
 
 
 class Phase(enum.Enum):
@@ -211,6 +220,11 @@ class ClusterDriver:
         self.sizer = BatchSizer(self.cluster["parallel"])
         self.inflight: dict[str, _Batch] = {}
         self.split: list[tuple[Task, int, bytes]] = []
+        self.requeued: collections.deque[tuple[Task, int, bytes]] = collections.deque()
+        """Tasks of batches that failed on the way (the scheduler going, a connection
+        lost), without a result: batched again before any new task."""
+        self._comm_failures = 0
+        """Batches in a row lost on the way: past ``COMM_RETRIES``, the run fails."""
         self.submitted = 0
         self.slots = PER_THREAD
         self._cancel_unread: set[str | int] = set()
@@ -270,7 +284,7 @@ class ClusterDriver:
             if self.phase is Phase.RUNNING:
                 self._fill()
                 self.reports.skipped()
-            if not self.inflight and not self.split and self._over():
+            if not self.inflight and not self.split and not self.requeued and self._over():
                 return
             self.outbox.flush(final=True)
             if self.outbox.caller_gone:
@@ -311,6 +325,8 @@ class ClusterDriver:
     def _on_event(self, kind: str, value: Any) -> None:
         if kind == "done":
             self._on_batch(value)
+        elif kind == "fetched":
+            self._on_outcome(*value)
         elif kind == "early":
             self._on_early(value)
         elif kind == "control":
@@ -348,7 +364,9 @@ class ClusterDriver:
             if not self._polling.is_set() or client.status != "running":
                 continue
             try:
-                answers = client.run(take_early, self.token, on_error="ignore")
+                answers = client.run(
+                    take_early, self.token, on_error="ignore", callback_timeout=_CALL_TIMEOUT_S
+                )
             except Exception:  # the scheduler going away: the loop sees it
                 continue
             for taken in answers.values():
@@ -379,7 +397,7 @@ class ClusterDriver:
         if client.status == "running":
             self._lost_since = None
             with contextlib.suppress(Exception):  # a scheduler going away: seen next time
-                nthreads = client.nthreads()
+                nthreads = client.nthreads(callback_timeout=_CALL_TIMEOUT_S)
                 self._workers = max(1, len(nthreads))
                 self.slots = max(1, PER_THREAD * sum(nthreads.values()))
             return
@@ -393,8 +411,10 @@ class ClusterDriver:
     # -- batches ---------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        """Submit batches while slots are free and the input has tasks."""
-        while len(self.inflight) < self.slots:
+        """Submit batches while slots are free and the input has tasks (and the scheduler
+        is there: without it, a submit would wait for Dask's connect timeout)."""
+        client = self.client
+        while len(self.inflight) < self.slots and client is not None and client.status == "running":
             if self.split:
                 task, seq, line = self.split.pop(0)
                 self._submit([task], [seq], [line])
@@ -406,6 +426,12 @@ class ClusterDriver:
             tasks: list[Task] = []
             seqs: list[int] = []
             lines: list[bytes] = []
+            requeued = self.requeued
+            while requeued and len(tasks) < size:
+                task, seq, line = requeued.popleft()
+                tasks.append(task)
+                seqs.append(seq)
+                lines.append(line)
             while len(tasks) < size:
                 try:
                     fresh = self.intake.next_task()
@@ -464,9 +490,16 @@ class ClusterDriver:
         try:
             # The lines wait for the batch on the scheduler, out of the task (see
             # ``batch``): set before the batch can start, deleted once it is done with.
-            Variable(spec["tasks_at"], client=client).set(data)
+            # A request and its answer: bounded, so that a scheduler going away now
+            # cannot hold the loop past the time it takes to call it lost.
+            Variable(spec["tasks_at"], client=client).set(data, callback_timeout=LOST_AFTER_S)
             future = client.submit(run_batch, spec, key=key, pure=False)
-        except Exception as exc:  # the scheduler went away: the run ends, a resume reruns
+        except Exception as exc:
+            if self._lost_on_the_way(exc):
+                # The scheduler is going away: submit these again once it is back, or
+                # the run ends as lost (``_look``) and a resume runs them.
+                self.requeued.extendleft(reversed(list(zip(tasks, seqs, lines, strict=True))))
+                return
             self._fail("cluster", f"cannot submit to the scheduler at {self._address()}: {exc}")
             return
         batch.future = future
@@ -475,22 +508,48 @@ class ClusterDriver:
         future.add_done_callback(lambda _f, key=key: self.events.put(("done", key)))
 
     def _on_batch(self, key: str) -> None:
-        """A batch's future is done: record its results, or act on why it failed."""
-        batch = self.inflight.pop(key, None)
+        """A batch's future is done: fetch its outcome, in a thread of its own.
+
+        Not here: the outcome comes from the worker that holds it, and with the cluster
+        going away a fetch waits for Dask's connect timeout, while this loop is what
+        must notice that the scheduler is gone (``_look_around``).  A daemon thread, so
+        that a fetch still waiting cannot hold the driver's exit.
+        """
+        batch = self.inflight.get(key)
         if batch is None or batch.future is None:
             return
-        self._forget_tasks([key])
         future = batch.future
         if future.cancelled():
+            self.inflight.pop(key, None)
+            self._forget_tasks([key])
             return
-        try:
-            outcome: BatchOutcome = future.result()
-        except ProtocolMismatch as exc:
+
+        def fetch() -> None:
+            try:
+                self.events.put(("fetched", (key, future.result(), None)))
+            except BaseException as exc:  # the loop decides what it means
+                self.events.put(("fetched", (key, None, exc)))
+
+        threading.Thread(target=fetch, name="leanpool-fetch", daemon=True).start()
+
+    def _on_outcome(
+        self, key: str, outcome: BatchOutcome | None, exc: BaseException | None
+    ) -> None:
+        """A batch's outcome came: record its results, or act on why it failed."""
+        batch = self.inflight.pop(key, None)
+        if batch is None:  # let go of meanwhile (the run stopped)
+            return
+        self._forget_tasks([key])
+        if isinstance(exc, ProtocolMismatch):
             self._fail("cluster", f"a worker cannot run this run's batches: {exc}")
             return
-        except Exception as exc:
+        if exc is not None:
+            if not isinstance(exc, Exception):
+                raise exc
             self._batch_failed(batch, exc)
             return
+        assert outcome is not None
+        self._comm_failures = 0
         self.sizer.observe(len(batch.tasks), outcome["elapsed"])
         early = batch.early
         base = outcome["line_base"]
@@ -549,15 +608,30 @@ class ClusterDriver:
         if self.client is not None and self.client.status != "running":
             self._fail("cluster", f"lost the scheduler at {self._address()}")
             return
+        if self._lost_on_the_way(exc):  # its tasks without a result go again
+            left = batch.undelivered()
+            self.requeued.extend(left)
+            self.submitted -= len(left)
+            return
         self._fail(
             "cluster",
             "the cluster cannot run leanpool's batches (the scheduler and every worker "
             f"need the same leanpool: pip install 'leanpool[dask]'): {_root_cause(exc)}",
         )
 
+    def _lost_on_the_way(self, exc: BaseException) -> bool:
+        """Whether a batch failed for a connection (the scheduler going away, a worker's
+        link lost), not for what it runs: its tasks then go again, up to
+        ``COMM_RETRIES`` batches in a row (a scheduler that is gone is seen by ``_look``)."""
+        if not _is_connection_error(exc):
+            return False
+        self._comm_failures += 1
+        return self._comm_failures <= COMM_RETRIES
+
     def _deliver(self, built: Built, seq: int, task: Task) -> None:
         """Journal, count and send one result; halt if it is one failure too many."""
         if self.journal is not None:
+            assert built.record is not None  # the driver's results are records, not lines
             record = built.record.copy()
             record["task"] = task.digest
             built.journal = record
@@ -592,6 +666,7 @@ class ClusterDriver:
         if self.phase is Phase.RUNNING:
             self.phase = Phase.DRAINING
             self.split.clear()
+            self.requeued.clear()
             self._tell(None, "halt", [])
 
     def _stop(self, *, by: str | None) -> None:
@@ -602,6 +677,7 @@ class ClusterDriver:
             return
         self.phase = Phase.STOPPING
         self.split.clear()
+        self.requeued.clear()
         self._stop_deadline = time.monotonic() + STOP_WAIT_S
         self._tell(None, "stop", [])
 
@@ -618,7 +694,15 @@ class ClusterDriver:
         if client is None or client.status != "running":
             return
         try:
-            client.run(control, self.token, key, what, ids, on_error="ignore")
+            client.run(
+                control,
+                self.token,
+                key,
+                what,
+                ids,
+                on_error="ignore",
+                callback_timeout=_CALL_TIMEOUT_S,
+            )
         except Exception as exc:  # the scheduler going away: the loop sees it
             _warn(f"could not reach the workers ({type(exc).__name__}: {exc})")
 
@@ -628,6 +712,7 @@ class ClusterDriver:
         self._forget_tasks(list(self.inflight))
         self.inflight.clear()
         self.split.clear()
+        self.requeued.clear()
         self._stop_deadline = None
         if futures and self.client is not None:
             with contextlib.suppress(Exception):
@@ -724,6 +809,11 @@ class ClusterDriver:
 
     def _disconnect(self) -> None:
         self._tell(None, "finish", [])  # the workers' idle runners of this run end now
+        # What Dask says while it closes (a reconnect to a scheduler that went away,
+        # cancelled: a traceback) is not the caller's business; the run's one error is.
+        for name in ["distributed", *logging.root.manager.loggerDict]:
+            if name.split(".")[0] == "distributed":  # Dask's config sets some levels apart
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         with contextlib.suppress(Exception):
             if self.client is not None:
                 self.client.close(timeout=2)
@@ -769,6 +859,17 @@ def _batch_options(options: Options) -> Options:
     batch = dict(options)
     batch.update(journal=None, resume=False, resume_failed=False, halt=None, halt_now=False)
     return batch  # type: ignore[return-value]
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether a connection failing is in exc's chain (Dask's ``CommClosedError`` is an
+    ``OSError``; so are ``ConnectionResetError`` and friends), or a wait for one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (OSError, TimeoutError)):
+            return True
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return False
 
 
 def _root_cause(exc: BaseException) -> str:
