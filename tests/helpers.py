@@ -6,12 +6,15 @@ imported by name.
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -123,6 +126,21 @@ def cannot_fault(reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"a fault test cannot run in CI, so its guarantee goes unchecked: {reason}")
     pytest.skip(reason)
+
+
+def load_engine() -> ModuleType:
+    """The runner's C engine, imported directly (whatever ``LEANPOOL_PURE_PYTHON`` says).
+
+    ``pip install`` builds it wherever a C compiler is found, so missing is a failure,
+    except on a machine with no compiler (then the runner uses Python, and these tests
+    have nothing to look at); never a skip in CI.
+    """
+    try:
+        return importlib.import_module("leanpool._runner._engine")
+    except ImportError as exc:
+        if os.environ.get("CI") == "true" or shutil.which("cc") or shutil.which("gcc"):
+            pytest.fail(f"the C engine was not built, though a C compiler is here: {exc}")
+        pytest.skip("no C compiler here: the engine is not built, the runner uses Python")
 
 
 SESSION_ENV = "LEANPOOL_TEST_SESSION"

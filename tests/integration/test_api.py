@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import importlib.util
 import json
 import os
 import stat
@@ -246,7 +247,7 @@ def test_constructor_validates_arguments(kwargs: dict[str, object], message: str
         TaskRunner(**kwargs)  # type: ignore[arg-type]
 
 
-def test_runner_imports_nothing_but_the_standard_library() -> None:
+def test_runner_imports_nothing_but_the_standard_library(runner_path: str) -> None:
     """The runner process must stay lean: no API, no CLI, no third-party module, and
     nothing that could unpickle."""
     import subprocess
@@ -276,6 +277,10 @@ def test_runner_imports_nothing_but_the_standard_library() -> None:
         & modules
     )
     assert "leanpool._runner.calls" in ours
+    # Its C engine is part of its own package (tests/unit/test_engine.py: it links
+    # nothing but the C library).
+    built = importlib.util.find_spec("leanpool._runner._engine") is not None
+    assert ("leanpool._runner._engine" in ours) == (built and runner_path == "engine")
 
 
 def test_task_that_closes_its_pipes_before_exiting(exit_watch: str) -> None:

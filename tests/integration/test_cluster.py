@@ -90,6 +90,13 @@ class Cluster:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def runner_path() -> str:
+    """Once, not on both paths (``conftest``): the workers' runners take the C engine
+    where it is built; every other integration test covers the pure-Python path."""
+    return "engine"
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """Two worker processes of one thread each, shared by the tests that break nothing."""

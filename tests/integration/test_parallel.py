@@ -262,7 +262,8 @@ def test_a_reader_that_goes_away_stops_it_quietly() -> None:
     """Regression: ``| head`` made it print "error: Broken pipe" (the OSError handler
     came before the BrokenPipeError one)."""
     proc = subprocess.run(
-        ["sh", "-c", f"seq 3000 | {PY} -m leanpool parallel echo | head -1"],
+        # -k: in input order (without it, whichever of the first tasks ends first)
+        ["sh", "-c", f"seq 3000 | {PY} -m leanpool parallel -k echo | head -1"],
         capture_output=True,
         timeout=60,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -192,6 +193,39 @@ def test_the_runner_refuses_a_caller_that_breaks_the_control_protocol(tmp_path: 
     assert records[-1]["error"] == "protocol"
     assert "went back from 10 to 5" in records[-1]["message"]
     assert proc.returncode == 1
+
+
+def test_the_start_record_says_which_path_the_runner_takes(
+    runner_path: str, tmp_path: Path
+) -> None:
+    """``engine``: the C engine wherever it was built (a failure to load it must not pass
+    for the pure-Python fallback); ``python``: our switch is obeyed."""
+    from leanpool._caller.options import make_options
+    from leanpool._caller.process import runner_command
+
+    spool = tmp_path / "spool.jsonl"
+    spool.write_bytes(b'{"id": 1, "cmd": "echo 1"}\n')
+    config = {
+        "options": make_options(parallel=2),
+        "input": {"path": str(spool), "format": "jsonl", "stream": False},
+        "ordered": False,
+        "cleanup_dir": None,
+        "cluster": None,
+        "spill_dir": None,
+    }
+    with subprocess.Popen(
+        runner_command(config),  # type: ignore[arg-type]
+        stdin=subprocess.PIPE,  # open until the end: its EOF would stop the run
+        stdout=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        lines = [json.loads(line) for line in iter(proc.stdout.readline, b"")]
+    built = importlib.util.find_spec("leanpool._runner._engine") is not None
+    expected = "c" if runner_path == "engine" and built else "python"
+    assert lines[0]["leanpool"] == "start"
+    assert lines[0]["engine"] == expected
+    assert lines[1]["stdout"] == "1\n"
+    assert lines[-1]["leanpool"] == "end"
 
 
 @pytest.mark.parametrize("bad", ["ls", b"ls"])

@@ -18,11 +18,13 @@ from leanpool._protocol.config import Options
 from leanpool._protocol.journal import Journal
 from leanpool._protocol.spool import SpoolReader, SpoolWriter
 from leanpool._protocol.tasks import CommandTask
+from leanpool._runner import results
 from leanpool._runner.children import Child, Outcome
 from leanpool._runner.intake import ControlError, Intake
 from leanpool._runner.results import SPILL_OVER, result_of, unstarted_result
 from leanpool._runner.schedule import BACKOFF_S, Attempt, Schedule
 from leanpool._runner.timers import Timers, When
+from tests.helpers import load_engine
 
 # -- timers ---------------------------------------------------------------------------------
 
@@ -218,11 +220,27 @@ class _Finished(Child):
         self.timed_out = timed_out
 
 
-def test_a_plain_success_has_only_the_fields_every_result_has() -> None:
-    built = result_of(_Finished(), Outcome(0, b"out\n", b""), spill_dir=None)
+@pytest.mark.parametrize("encoder", ["c", "python"])
+def test_a_plain_success_has_only_the_fields_every_result_has(
+    encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whichever the runner's switch says, both encoders are looked at here.
+    encode = None if encoder == "python" else load_engine().encode_result
+    monkeypatch.setattr(results, "encode_result", encode)
+    built = result_of(_Finished(), Outcome(0, b"out\n", b""), spill_dir=None, digest="ab")
     assert built.ok
-    assert set(built.record) == {"id", "status", "ok", "duration", "stdout", "stderr"}
-    assert (built.record["id"], built.record["stdout"]) == (7, "out\n")
+    if encoder == "c":  # encoded already, the journal's line with the task's digest
+        assert built.record is None
+        assert built.line is not None
+        assert built.journal_line is not None
+        record = json.loads(built.line)
+        assert json.loads(built.journal_line) == {**record, "task": "ab"}
+    else:
+        assert built.record is not None
+        assert built.line is None
+        record = dict(built.record)
+    assert set(record) == {"id", "status", "ok", "duration", "stdout", "stderr"}
+    assert (record["id"], record["stdout"]) == (7, "out\n")
     assert built.journal is None
 
 
@@ -231,6 +249,7 @@ def test_a_failure_says_why_in_its_optional_fields() -> None:
     outcome.stdout_truncated = True
     built = result_of(_Finished(attempt=2, timed_out=True), outcome, spill_dir=None)
     record = built.record
+    assert record is not None
     assert not built.ok
     assert record.get("timed_out") is True
     assert record.get("signal") == "SIGTERM"
@@ -243,6 +262,7 @@ def test_a_failure_says_why_in_its_optional_fields() -> None:
 def test_a_big_output_is_spilled_but_the_journal_keeps_it_inline(tmp_path: Path) -> None:
     big = b"y" * SPILL_OVER
     built = result_of(_Finished(), Outcome(1, big, b"e"), spill_dir=str(tmp_path))
+    assert built.record is not None
     spill = built.record.get("stdout_spill")
     assert spill is not None
     assert Path(spill).read_bytes() == big

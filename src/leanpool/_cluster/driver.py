@@ -740,13 +740,15 @@ class ClusterDriver:
         Raises:
             _ClusterUnusable: it does not answer, or ``local:N`` cannot start.
         """
-        logging.getLogger("distributed").setLevel(logging.ERROR)
         try:
             from distributed import Client
         except ImportError as exc:
             raise _ClusterUnusable(
                 f"dask distributed is not installed ({exc}): pip install 'leanpool[dask]'"
             ) from None
+        # After the import, which sets Dask's own levels: its INFO chatter (a comm
+        # closed, with a traceback) is not the caller's business.
+        _quiet_dask(logging.ERROR)
         address = self._address()
         try:
             if address.startswith("local:"):
@@ -811,9 +813,7 @@ class ClusterDriver:
         self._tell(None, "finish", [])  # the workers' idle runners of this run end now
         # What Dask says while it closes (a reconnect to a scheduler that went away,
         # cancelled: a traceback) is not the caller's business; the run's one error is.
-        for name in ["distributed", *logging.root.manager.loggerDict]:
-            if name.split(".")[0] == "distributed":  # Dask's config sets some levels apart
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+        _quiet_dask(logging.CRITICAL)
         with contextlib.suppress(Exception):
             if self.client is not None:
                 self.client.close(timeout=2)
@@ -859,6 +859,13 @@ def _batch_options(options: Options) -> Options:
     batch = dict(options)
     batch.update(journal=None, resume=False, resume_failed=False, halt=None, halt_now=False)
     return batch  # type: ignore[return-value]
+
+
+def _quiet_dask(level: int) -> None:
+    """Dask's loggers at level or above only (its config sets some of them apart)."""
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name.split(".")[0] == "distributed":
+            logging.getLogger(name).setLevel(level)
 
 
 def _is_connection_error(exc: BaseException) -> bool:

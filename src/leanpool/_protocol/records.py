@@ -83,6 +83,9 @@ class StartRecord(TypedDict, total=False):
     protocol: int
     total: int
     skipped: int
+    engine: Literal["c", "python"]
+    """How the lean runner starts and drains commands: its C engine, or Python (not
+    built, or ``LEANPOOL_PURE_PYTHON``).  Informative: both keep every guarantee."""
 
 
 class _ResultRequired(TypedDict):

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from .._protocol.tasks import Task
     from .calls import WorkerPool
+    from .piped import Engine
     from .spawn import Environ
     from .timers import When
 
@@ -52,6 +53,8 @@ class Host(Protocol):
     output_names: dict[str, int]
     """With ``output_dir``: each output file name given in this run, to its task's seq."""
     spill_dir: str | None
+    engine: Engine | None
+    """The C engine that starts and drains commands (``piped``), or None: Python does."""
     slot_env: str | None
     """A variable that tells each command task its job slot (1 to ``parallel``, none
     shared by two tasks running at once), as GNU parallel's ``$PARALLEL_JOBSLOT``."""
@@ -81,6 +84,9 @@ class Host(Protocol):
 
     def take_slot(self) -> int:
         """The lowest free job slot; ``Child.slot`` gives it back when the child ends."""
+
+    def release_slot(self, slot: int) -> None:
+        """Give back a slot taken for a start that failed."""
 
     def began(self, child: Child) -> None:
         """child, started with ``running`` false, runs now: its timeout starts."""

@@ -39,11 +39,12 @@ from .intake import Intake
 from .kinds import CHILD_KINDS
 from .leftovers import Leftovers
 from .outbox import OUTPUT_BACKLOG, Outbox
+from .piped import PipedChild, caught_signals, make_engine
 from .reaping import pidfds_work, reap_ready, signal_group
 from .reports import InputReports, end_record, fatal_record
 from .results import cancelled_result, result_of, signal_name, unstarted_result
 from .schedule import Attempt, Schedule
-from .spawn import SpawnError
+from .spawn import SpawnError, devnull
 from .timers import Timers, When
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from .._protocol.records import EndRecord, FatalRecord, StartRecord
     from .._protocol.tasks import Task
     from .children import Watcher
+    from .piped import Engine, Poller
     from .results import Built
     from .spawn import Environ
 
@@ -106,7 +108,13 @@ class Runner:
         self.worker_failure: str | None = None
         self.completed = 0
         self.failed = 0
-        self.epoll = select.epoll()
+        # What the Host protocol offers children; the engine is also the loop's epoll set.
+        self.pidfds = pidfds_work()
+        self.base_env: Environ = dict(os.environb)  # encoded once: spawns take it as is
+        self.engine = make_engine(
+            devnull(), self.base_env, options["max_output"], pidfds=self.pidfds
+        )
+        self.epoll: Poller = self.engine if self.engine is not None else select.epoll()
         self.active: dict[int, Child] = {}
         self.by_fd: dict[int, Watcher] = {}
         self.timers: Timers[object] = Timers()
@@ -128,9 +136,6 @@ class Runner:
         self._exit_sweep_due = False
         self.leftovers = Leftovers(self.timers, self.active)
         self._signalled = 0
-        # What the Host protocol offers children.
-        self.pidfds = pidfds_work()
-        self.base_env: Environ = dict(os.environb)  # encoded once: posix_spawn takes it as is
         self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.max_output = options["max_output"]
         self.output_dir = options["output_dir"]
@@ -147,7 +152,11 @@ class Runner:
     def run(self) -> int:
         """Run to the end; 0 after an ``end`` record, 1 after a ``fatal`` one."""
         self._install_signals()
-        start: StartRecord = {"leanpool": "start", "protocol": PROTOCOL_VERSION}
+        start: StartRecord = {
+            "leanpool": "start",
+            "protocol": PROTOCOL_VERSION,
+            "engine": "python" if self.engine is None else "c",
+        }
         if not self.intake.stream:
             self.intake.validate()
             start["total"] = self.intake.tasks
@@ -176,9 +185,12 @@ class Runner:
         poll = self.epoll.poll
         by_fd = self.by_fd
         outbox = self.outbox
+        engine = self.engine
         while True:
             if self._signalled:
                 self._on_signal()
+            if engine is not None and engine.finished:
+                self._take_finished(engine)
             if self.phase is Phase.RUNNING:
                 self._fill()
                 self.reports.skipped()
@@ -206,8 +218,19 @@ class Runner:
                     self._on_control()
                 elif fd == 1:
                     outbox.flush()
+            if engine is not None and engine.finished:  # before deadlines signal them
+                self._take_finished(engine)
             if self.timers:
                 self._fire_deadlines()
+
+    def _take_finished(self, engine: Engine) -> None:
+        """The commands the engine saw end (reaped, pipes closed): complete each."""
+        active = self.active
+        for pid, status, stdout, stderr, flags in engine.take_finished():
+            child = active.get(pid)
+            if isinstance(child, PipedChild):
+                child.ended(status, stdout, stderr, flags)
+                self._complete(child)
 
     def _over(self) -> bool:
         """With nothing running: is the run over?  Say ``idle`` when input may grow."""
@@ -309,6 +332,10 @@ class Runner:
     def take_slot(self) -> int:
         # A retry may start while its task's slot is not yet free: then one past the end.
         return self._free_slots.pop() if self._free_slots else len(self.active) + 1
+
+    def release_slot(self, slot: int) -> None:
+        self._free_slots.append(slot)
+        self._free_slots.sort(reverse=True)
 
     def began(self, child: Child) -> None:
         if self.active.get(child.pid) is child:
@@ -414,6 +441,8 @@ class Runner:
             # A signal ignored by whoever started us stays ignored, as shells do.
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, self._on_stop_signal)
+        if self.engine is not None:  # a command must not start with a handler of ours
+            self.engine.set_caught(caught_signals())
         self.epoll.register(wake_r, EPOLLIN)
         # EOF on stdin means the caller is gone; a stdin that is not a pipe cannot say so.
         with contextlib.suppress(OSError):
@@ -515,7 +544,9 @@ class Runner:
             and self.schedule.retry(child.task, child.seq, child.attempt)
         ):
             return
-        self._deliver(result_of(child, outcome, self.config["spill_dir"]), child.seq, child.task)
+        digest = child.task.digest if self.journal is not None else None
+        built = result_of(child, outcome, self.config["spill_dir"], digest)
+        self._deliver(built, child.seq, child.task)
 
     def _unstarted(self, task: Task, seq: int, attempt: int, status: int, error: str) -> None:
         """The result of a task that could not start, unless it has retries left."""
@@ -526,8 +557,11 @@ class Runner:
     def _deliver(self, built: Built, seq: int, task: Task) -> None:
         """Journal, count and send one final result; halt if it is one failure too many
         (or, with a ``halt_rule``, if the rule is met)."""
-        if self.journal is not None:  # the journal's record says which task it was
-            record = (built.record if built.journal is None else built.journal).copy()
+        if self.journal is not None and built.journal_line is None:
+            # The journal's record says which task it was.
+            record = built.record if built.journal is None else built.journal
+            assert record is not None  # only an encoded Built has none, and its journal line
+            record = record.copy()
             record["task"] = task.digest
             built.journal = record
         self.outbox.result(built, seq)

@@ -19,6 +19,7 @@ from .._protocol.records import encode_line
 
 if TYPE_CHECKING:
     from .._protocol.journal import Journal
+    from .piped import Poller
     from .results import Built
 
 __all__ = ["OUTPUT_BACKLOG", "Outbox"]
@@ -41,7 +42,7 @@ class Outbox:
     first EPIPE and stays so.
     """
 
-    def __init__(self, epoll: select.epoll, journal: Journal | None, *, ordered: bool) -> None:
+    def __init__(self, epoll: Poller, journal: Journal | None, *, ordered: bool) -> None:
         self._epoll = epoll
         self.journal = journal
         self.ordered = ordered
@@ -77,9 +78,15 @@ class Outbox:
         Raises:
             JournalError: the journal refused it; the caller has not been sent it either.
         """
-        line = encode_line(built.record)
+        line = built.line
+        if line is None:
+            assert built.record is not None  # only an encoded Built has none
+            line = encode_line(built.record)
         if self.journal is not None:
-            self.journal.append(line if built.journal is None else encode_line(built.journal))
+            if built.journal_line is not None:
+                self.journal.append(built.journal_line)
+            else:
+                self.journal.append(line if built.journal is None else encode_line(built.journal))
         if not self.ordered:
             self._buf += line
             return

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from .._protocol.records import decode_output
+from .piped import encode_result
 
 if TYPE_CHECKING:
     from .._protocol.records import ResultRecord
@@ -37,23 +38,62 @@ and an output this small costs less inline than a file's create, write, read and
 
 class Built:
     """A result record, and the record for the journal when it differs (a spilled
-    output: the journal keeps every byte inline, since it outlives the spill files)."""
+    output: the journal keeps every byte inline, since it outlives the spill files).
 
-    __slots__ = ("journal", "ok", "record")
+    The plain record of a command that ended well comes encoded already (``encoded``):
+    ``line``, and ``journal_line`` (the same with the task's digest) when a journal is
+    kept; then ``record`` is None.
+    """
+
+    __slots__ = ("journal", "journal_line", "line", "ok", "record")
 
     def __init__(self, record: ResultRecord, journal: ResultRecord | None = None) -> None:
-        self.record = record
+        self.record: ResultRecord | None = record
         self.journal = journal
-        self.ok = record["ok"]
+        self.ok: bool = record["ok"]
+        self.line: bytes | None = None
+        self.journal_line: bytes | None = None
+
+    @classmethod
+    def encoded(cls, line: bytes, journal_line: bytes | None, *, ok: bool) -> Built:
+        built = cls.__new__(cls)
+        built.record = None
+        built.journal = None
+        built.ok = ok
+        built.line = line
+        built.journal_line = journal_line
+        return built
 
 
-def result_of(child: Child, outcome: Outcome, spill_dir: str | None) -> Built:
-    """The result record of a finished attempt.
+def result_of(
+    child: Child, outcome: Outcome, spill_dir: str | None, digest: str | None = None
+) -> Built:
+    """The result record of a finished attempt (and its journal line, with ``digest``).
 
     With spill_dir, an output of ``SPILL_OVER`` bytes or more goes to a file there (named
-    by the attempt) and the record names it.
+    by the attempt) and the record names it.  The plain record (a first attempt that
+    exited on its own, output whole, UTF-8 and inline) is encoded in C where the engine
+    is built: the same bytes as ``encode_line`` of the record below.
     """
     status = outcome.status
+    out, err = outcome.stdout, outcome.stderr
+    if (
+        encode_result is not None
+        and status >= 0
+        and child.attempt == 1
+        and outcome.fields is None
+        and outcome.stdout_file is None
+        and not (outcome.stdout_truncated or outcome.stderr_truncated)
+        and not (child.timed_out or child.cancelled)
+        and (spill_dir is None or (len(out) < SPILL_OVER and len(err) < SPILL_OVER))
+    ):
+        duration = time.monotonic() - child.started
+        line = encode_result(child.task.id, status, duration, out, err, None)
+        if line is not None:
+            journal_line = None
+            if digest is not None:
+                journal_line = encode_result(child.task.id, status, duration, out, err, digest)
+            return Built.encoded(line, journal_line, ok=status == 0)
     ok = status == 0 and not child.timed_out
     record: ResultRecord = {
         "id": child.task.id,
@@ -64,7 +104,6 @@ def result_of(child: Child, outcome: Outcome, spill_dir: str | None) -> Built:
         "stderr": "",
     }
     journal = None
-    out, err = outcome.stdout, outcome.stderr
     if outcome.stdout_file is not None:
         record["stdout_file"] = outcome.stdout_file
         if outcome.stderr_file is not None:
@@ -114,13 +153,17 @@ def _read_back(path: str) -> str:
 
 def cancelled_result(task_id: str | int, attempt: int) -> Built:
     """The result of a task cancelled before it started."""
-    built = unstarted_result(task_id, attempt, -signal.SIGTERM, "cancelled before it started")
-    built.record["cancelled"] = True
-    return built
+    record = _unstarted_record(task_id, attempt, -signal.SIGTERM, "cancelled before it started")
+    record["cancelled"] = True
+    return Built(record)
 
 
 def unstarted_result(task_id: str | int, attempt: int, status: int, error: str) -> Built:
     """The result of a task that could not start (127: not found, 126: any other reason)."""
+    return Built(_unstarted_record(task_id, attempt, status, error))
+
+
+def _unstarted_record(task_id: str | int, attempt: int, status: int, error: str) -> ResultRecord:
     record: ResultRecord = {
         "id": task_id,
         "status": status,
@@ -132,7 +175,7 @@ def unstarted_result(task_id: str | int, attempt: int, status: int, error: str) 
     }
     if attempt > 1:
         record["attempts"] = attempt
-    return Built(record)
+    return record
 
 
 def _add_details(record: ResultRecord, child: Child, outcome: Outcome) -> None:

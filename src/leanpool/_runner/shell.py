@@ -27,6 +27,7 @@ import signal
 from typing import TYPE_CHECKING, Final
 
 from .children import CapturingChild
+from .piped import PipedChild, start_piped
 from .reaping import group_alive, open_pidfd, signal_group, try_reap
 from .spawn import ProcessSpec, SpawnError, devnull, merged_env, start_process
 from .timers import When
@@ -34,6 +35,7 @@ from .timers import When
 if TYPE_CHECKING:
     from .._protocol.tasks import CommandTask, Task
     from .children import Host, Outcome
+    from .spawn import Environ
 
 __all__ = ["ShellChild", "output_file_name", "start_shell"]
 
@@ -71,9 +73,12 @@ def output_file_name(task_id: str | int) -> str:
     return name or "%"
 
 
-def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
-    """Start one attempt of a command task: posix_spawn in a new session, stdin from
-    /dev/null or a pipe, stdout and stderr into pipes (or files, with ``output_dir``).
+def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild | PipedChild:
+    """Start one attempt of a command task in a new session, stdin from /dev/null or a
+    pipe, stdout and stderr into pipes (or files, with ``output_dir``).
+
+    A command with captured output and no stdin goes to the C engine where it is built
+    (``piped``); any other, or every one without the engine, to ``ShellChild``.
 
     Raises:
         SpawnError: it cannot start; OSError: out of descriptors or processes for now.
@@ -84,6 +89,26 @@ def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
     if host.slot_env is not None:
         slot = host.take_slot()
         env = merged_env(env, {host.slot_env: str(slot)})
+    try:
+        if host.engine is not None and host.output_dir is None and command.stdin is None:
+            child: ShellChild | PipedChild = start_piped(
+                host.engine, command, seq, attempt, host, None if env is host.base_env else env
+            )
+        else:
+            child = _start_python(command, seq, attempt, host, env)
+    except BaseException:
+        if slot:
+            host.release_slot(slot)
+        raise
+    child.slot = slot
+    return child
+
+
+def _start_python(
+    command: CommandTask, seq: int, attempt: int, host: Host, env: Environ
+) -> ShellChild:
+    """Start a command whose pipes (or files) and exit the Python loop watches."""
+    task = command
     paths = None
     if host.output_dir is not None:
         base = os.path.join(host.output_dir, _unique_name(host, output_file_name(task.id), seq))
@@ -119,7 +144,6 @@ def start_shell(task: Task, seq: int, attempt: int, host: Host) -> ShellChild:
             if fd >= 0:
                 os.close(fd)
     child = ShellChild(task, seq, attempt, pid, host, out_r, err_r)
-    child.slot = slot
     try:
         if paths is not None:
             child.stdout_file, child.stderr_file = paths
