@@ -8,12 +8,16 @@ its source tree.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
-__all__ = ["use_source_dir"]
+__all__ = ["build_engine", "use_source_dir"]
 
 
 def use_source_dir(argv: list[str]) -> str | None:
@@ -29,3 +33,24 @@ def use_source_dir(argv: list[str]) -> str | None:
     elif importlib.util.find_spec("leanpool") is None:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     return source
+
+
+def build_engine(package_dir: str) -> bool:
+    """Make sure the leanpool package at package_dir has its C engine: compile
+    ``_runner/_engine.c`` in place when the tree has the source and no build (a
+    ``git archive`` of src/), as ``pip install`` would.  False when it has none."""
+    runner = Path(package_dir) / "_runner"
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    if (runner / f"_engine{suffix}").exists():
+        return True
+    source = runner / "_engine.c"
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not source.exists() or compiler is None:
+        return False
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        [compiler, "-O2", "-std=gnu11", "-shared", "-fPIC", f"-I{include}", str(source),
+         "-o", str(runner / f"_engine{suffix}")],
+        check=True,
+    )  # fmt: skip
+    return True

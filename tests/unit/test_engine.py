@@ -304,3 +304,153 @@ def test_encode_result_writes_what_encode_line_writes(
         assert any(undecodable) or surrogate
     else:
         assert line == _python_line(task_id, status, duration, out, err, digest)
+
+
+# -- the plain task line ------------------------------------------------------------------
+
+
+def _json_reading(line: bytes) -> tuple[object, object] | None:
+    """What Python's parser makes of a line with just an id and a cmd; None otherwise."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if type(record) is not dict or set(record) != {"id", "cmd"}:
+        return None
+    return record["id"], record["cmd"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(st.integers(min_value=-(10**20), max_value=10**20), st.text(max_size=12)),
+    st.text(max_size=30),
+    st.booleans(),
+    st.sampled_from([(",", ":"), (", ", ": "), (" ,", " : ")]),
+    st.sampled_from(["", " ", "\t", "\r"]),
+    st.booleans(),
+)
+def test_parse_plain_reads_what_json_reads(
+    task_id: int | str,
+    cmd: str,
+    ascii_only: bool,
+    separators: tuple[str, str],
+    pad: str,
+    cmd_first: bool,
+) -> None:
+    record = {"cmd": cmd, "id": task_id} if cmd_first else {"id": task_id, "cmd": cmd}
+    text = pad + json.dumps(record, ensure_ascii=ascii_only, separators=separators) + pad
+    line = text.encode("utf-8", "surrogatepass")
+    found = E.parse_plain(line)
+    if found is not None:  # else Python's parser takes the line: anything goes
+        assert found == _json_reading(line)
+        assert [type(v) for v in found] == [type(task_id), str]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"id": 1, "cmd": "echo 1"}',
+        b'  {"cmd":"ls","id":"a b"}  ',
+        b'{"id": -7, "cmd": "\xc3\xa9cho"}',
+        b'{"id": 1, "cmd": "x", "id": 2}',  # given twice: json keeps the last
+        b'{"id": 1, "cmd": "x", "env": {}}',
+        b'{"id": 1.5, "cmd": "x"}',
+        b'{"id": 1e3, "cmd": "x"}',
+        b'{"id": 01, "cmd": "x"}',
+        b'{"id": true, "cmd": "x"}',
+        b'{"id": null, "cmd": "x"}',
+        b'{"id": 1, "cmd": ["ls"]}',
+        b'{"id": 1, "cmd": "a\\"b"}',
+        b'{"id": 1, "cmd": "tab\there"}',
+        b'{"id": 1, "cmd": "\xff"}',
+        b'{"id": 1, "cmd": "x"} trailing',
+        b'{"id": 1, "cmd": "x"',
+        b'{"id": 1 "cmd": "x"}',
+        b'{"id": 1,, "cmd": "x"}',
+        b'{"id": 12345678901234567890123, "cmd": "x"}',
+        b'["id", 1]',
+        b"",
+        b"   ",
+    ],
+)
+def test_parse_plain_reads_what_json_reads_or_leaves_the_line_to_it(line: bytes) -> None:
+    found = E.parse_plain(line)
+    assert found is None or found == _json_reading(line)
+
+
+# -- the validation pass of a task file --------------------------------------------------
+
+LINES = st.sampled_from(
+    [
+        b'{"id": 1, "cmd": "echo 1"}',
+        b'{"cmd": "ls -l", "id": "x"}',
+        b"",
+        b"   \t",
+        b'{"id": 2, "cmd": "a\\"b"}',  # valid, but not plain: Python's parser
+        b'{"id": 3, "cmd": "sleep 1", "timeout": 2}',
+        b'{"id": 4, "cmd": "   "}',  # not valid: an empty command
+        b'{"id": 5, "cmd": "\xc2\xa0"}',  # not valid either (isspace), left to Python
+        b'{"id": 6, "cmd": "\xff"}',  # not UTF-8
+        b'{"id": 7.5, "cmd": "x"}',
+        b"not json",
+        b'{"id": 8, "cmd": "x"}\r',
+        b'{"id": 9, "cmd": "' + b"y" * 70000 + b'"}',  # longer than the C pass's buffer
+    ]
+)
+
+
+def _validate(path: Path, with_c: bool) -> tuple[int, int | None]:
+    """(tasks, bad line or None) of the validation pass, with or without the C pass."""
+    from leanpool import TaskFileError
+    from leanpool._runner.intake import Intake
+    from leanpool._runner.piped import file_checker, line_parser
+
+    intake = Intake(
+        {"path": str(path), "format": "jsonl", "stream": False},
+        None,
+        check=line_parser("jsonl", check_only=True) if with_c else None,
+        check_file=E.check_plain_lines if with_c else None,
+    )
+    assert file_checker("jsonl") is not None or not with_c
+    try:
+        intake.validate()
+    except TaskFileError as exc:
+        return intake.tasks, exc.line
+    finally:
+        intake.close()
+    return intake.tasks, None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(LINES, max_size=12), st.booleans())
+def test_the_c_validation_pass_finds_what_pythons_finds(
+    lines: list[bytes], last_newline: bool
+) -> None:
+    import tempfile
+
+    data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as f:
+        f.write(data)
+        f.flush()
+        path = Path(f.name)
+        python_tasks, python_bad = _validate(path, with_c=False)
+        c_tasks, c_bad = _validate(path, with_c=True)
+    assert c_bad == python_bad
+    if python_bad is None:
+        assert c_tasks == python_tasks
+
+
+def test_the_c_validation_pass_counts_lines_and_stops_where_python_must_look(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(
+        b'{"id": 1, "cmd": "a"}\n\n{"id": 2, "cmd": "b"}\r\nbad\n{"id": 3, "cmd": "c"}'
+    )
+    with open(path, "rb") as f:
+        offset, lines, tasks = E.check_plain_lines(f.fileno(), path.stat().st_size)
+    assert (lines, tasks) == (3, 2)
+    assert path.read_bytes()[offset:].startswith(b"bad\n")
+    path.write_bytes(b'{"id": 1, "cmd": "a"}\n{"id": 2, "cmd": "b"}')  # no last newline
+    with open(path, "rb") as f:
+        assert E.check_plain_lines(f.fileno(), path.stat().st_size) == (path.stat().st_size, 2, 2)

@@ -65,9 +65,16 @@ class SpoolReader:
     whose end is not yet read.
     """
 
-    def __init__(self, path: str, task_format: TaskFormat) -> None:
+    def __init__(
+        self,
+        path: str,
+        task_format: TaskFormat,
+        parse: Callable[[bytes, int], Task | None] | None = None,
+    ) -> None:
+        """``parse``: a parser of this format's lines in place of the standard one (the
+        runner's C path for the common line); it must read every line as it does."""
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._parse = _parser(task_format)
+        self._parse = parse or _parser(task_format)
         self.limit = 0
         self.ended = False
         """True once the caller said no line follows ``limit``."""
@@ -86,6 +93,14 @@ class SpoolReader:
             raise ValueError(f"spool offset went back from {self.limit} to {offset}")
         self.limit = offset
         self.ended = self.ended or ended
+
+    def skip_to(self, offset: int, lines: int) -> None:
+        """Go on from byte offset, the start of line ``lines + 1``: what comes before it
+        was read some other way (a validation pass in C).  Only before the first read."""
+        if self._pos or self._lines or self._tail:
+            raise ValueError("skip_to is for a reader that has read nothing yet")
+        self._pos = offset
+        self.line = lines
 
     @property
     def drained(self) -> bool:

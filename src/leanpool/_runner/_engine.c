@@ -50,11 +50,16 @@
 #define MAX_EVENTS 256
 #define KEEP_BUFFER 65536    /* a finished command's buffer is kept for the next one up to this */
 
-/* What an epoll registration is about: the low two bits of its data. */
+/* What an epoll registration is about: the low two bits of its data.  A command's
+ * registrations also carry its slot's index (bits 2-31) and the slot's generation (the
+ * high 32 bits), so that an event left over from an earlier command of the slot is
+ * known for one (see forget_fd). */
 #define TAG_LOOP 0 /* a descriptor of the Python loop's: data >> 2 is the fd */
-#define TAG_OUT 1  /* a command's stdout pipe: data >> 2 is its index in procs */
+#define TAG_OUT 1  /* a command's stdout pipe */
 #define TAG_ERR 2  /* its stderr pipe */
 #define TAG_EXIT 3 /* its pidfd */
+#define TAG_OF(p, idx, tag) \
+    (((uint64_t)(p)->generation << 32) | ((uint64_t)(uint32_t)(idx) << 2) | (tag))
 
 /* flags of a finished command, as take_finished() gives them */
 #define FLAG_OUT_TRUNCATED 1
@@ -86,6 +91,7 @@ typedef struct {
     int finished;
     int leftovers;
     int next_free;
+    uint32_t generation; /* bumped at each start in this slot: tags its registrations */
     Stream out, err;
 } Proc;
 
@@ -284,11 +290,14 @@ static Proc *find(Engine *self, pid_t pid, int *idx_out) {
 }
 
 static void forget_fd(Engine *self, int *fd) {
-    /* Unregister before closing: a command started a moment ago may still hold a copy
-     * of the descriptor (a vfork parent resumes before its child closes its
-     * close-on-exec descriptors), and the registration would outlive our close. */
+    /* Closed without EPOLL_CTL_DEL: the kernel drops the registration once the last
+     * descriptor of the pipe is closed.  A command started a moment ago may still hold
+     * a copy (a vfork parent resumes before its child closes its close-on-exec
+     * descriptors): then the registration lives on for those microseconds, and its
+     * events, tagged with this command's generation, are ignored (on_event).  That
+     * saves two system calls per command. */
+    (void)self;
     if (*fd >= 0) {
-        epoll_ctl(self->epfd, EPOLL_CTL_DEL, *fd, NULL);
         close(*fd);
         *fd = -1;
     }
@@ -413,7 +422,7 @@ static int watch_exit(Engine *self, int idx) {
     fd = (int)syscall(SYS_pidfd_open, p->pid, 0);
     if (fd < 0) return -1;
     ev.events = EPOLLIN;
-    ev.data.u64 = ((uint64_t)idx << 2) | TAG_EXIT;
+    ev.data.u64 = TAG_OF(p, idx, TAG_EXIT);
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         int saved = errno;
         close(fd);
@@ -463,11 +472,12 @@ static int on_stream(Engine *self, int idx, Stream *s, uint32_t events) {
 }
 
 static int on_event(Engine *self, uint64_t data, uint32_t events) {
-    int idx = (int)(data >> 2);
+    int idx = (int)((data >> 2) & 0x3FFFFFFF);
     Proc *p;
-    if (idx < 0 || idx >= self->nprocs) return 0;
+    if (idx >= self->nprocs) return 0;
     p = &self->procs[idx];
-    if (p->pid == 0 || p->finished) return 0;
+    if (p->pid == 0 || p->finished || (uint32_t)(data >> 32) != p->generation)
+        return 0; /* of a command that ended: its pipe's copy in a new child lingers */
     switch (data & 3) {
     case TAG_OUT:
         return on_stream(self, idx, &p->out, events);
@@ -502,10 +512,23 @@ static char **string_array(PyObject *seq, PyObject **keep, const char *what) {
     for (i = 0; i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(fast, i), *bytes;
         Py_ssize_t size;
-        if (!PyUnicode_FSConverter(item, &bytes)) goto fail;
-        PyList_SET_ITEM(*keep, i, bytes);
-        out[i] = PyBytes_AS_STRING(bytes);
-        size = PyBytes_GET_SIZE(bytes);
+        const char *text = NULL;
+        if (PyUnicode_CheckExact(item)) {
+            /* The str's own UTF-8, kept by the str: the filesystem encoding's bytes
+             * unless it holds surrogate escapes (then os.fsencode's path below). */
+            text = PyUnicode_AsUTF8AndSize(item, &size);
+            if (text == NULL) PyErr_Clear();
+        }
+        if (text != NULL) {
+            Py_INCREF(item);
+            PyList_SET_ITEM(*keep, i, item);
+            out[i] = (char *)text;
+        } else {
+            if (!PyUnicode_FSConverter(item, &bytes)) goto fail;
+            PyList_SET_ITEM(*keep, i, bytes);
+            out[i] = PyBytes_AS_STRING(bytes);
+            size = PyBytes_GET_SIZE(bytes);
+        }
         if ((Py_ssize_t)strlen(out[i]) != size) {
             PyErr_SetString(PyExc_ValueError, "embedded null byte");
             goto fail;
@@ -733,7 +756,14 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
     double timeout = -1.0;
     int ms, n, i;
     PyObject *ready;
-    if (!PyArg_ParseTuple(args, "|d:poll", &timeout)) return NULL;
+    if (PyTuple_GET_SIZE(args) > 1) {
+        PyErr_SetString(PyExc_TypeError, "poll takes at most one argument");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(args) == 1 && PyTuple_GET_ITEM(args, 0) != Py_None) {
+        timeout = PyFloat_AsDouble(PyTuple_GET_ITEM(args, 0));
+        if (timeout == -1.0 && PyErr_Occurred()) return NULL;
+    }
     if (self->epfd < 0) {
         PyErr_SetString(PyExc_ValueError, "I/O operation on a closed Engine");
         return NULL;
@@ -747,9 +777,9 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
         ms = (int)whole;
         if ((double)ms < whole) ms++; /* round up, as select.epoll does */
     }
-    Py_BEGIN_ALLOW_THREADS
+    /* The GIL is kept: the runner has one thread, and taking it back would cost more
+     * than the wait saves anyone. */
     n = epoll_wait(self->epfd, self->events, MAX_EVENTS, ms);
-    Py_END_ALLOW_THREADS
     if (n < 0) {
         if (errno != EINTR) return PyErr_SetFromErrno(PyExc_OSError);
         if (PyErr_CheckSignals() < 0) return NULL;
@@ -761,7 +791,13 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
         uint64_t data = self->events[i].data.u64;
         uint32_t events = self->events[i].events;
         if ((data & 3) == TAG_LOOP) {
-            PyObject *pair = Py_BuildValue("(iI)", (int)(data >> 2), events);
+            PyObject *pair = PyTuple_New(2);
+            if (pair != NULL) {
+                PyTuple_SET_ITEM(pair, 0, PyLong_FromLong((long)(data >> 2)));
+                PyTuple_SET_ITEM(pair, 1, PyLong_FromUnsignedLong(events));
+                if (PyTuple_GET_ITEM(pair, 0) == NULL || PyTuple_GET_ITEM(pair, 1) == NULL)
+                    Py_CLEAR(pair);
+            }
             if (pair == NULL || PyList_Append(ready, pair) < 0) {
                 Py_XDECREF(pair);
                 Py_DECREF(ready);
@@ -787,7 +823,20 @@ static PyObject *Engine_spawn(Engine *self, PyObject *args) {
     Proc *p;
     struct epoll_event ev;
 
-    if (!PyArg_ParseTuple(args, "O|OO:spawn", &argv_obj, &env_obj, &cwd_obj)) return NULL;
+    switch (PyTuple_GET_SIZE(args)) {
+    case 3:
+        cwd_obj = PyTuple_GET_ITEM(args, 2);
+        /* fall through */
+    case 2:
+        env_obj = PyTuple_GET_ITEM(args, 1);
+        /* fall through */
+    case 1:
+        argv_obj = PyTuple_GET_ITEM(args, 0);
+        break;
+    default:
+        PyErr_SetString(PyExc_TypeError, "spawn(argv, env=None, cwd=None)");
+        return NULL;
+    }
     if (self->epfd < 0) {
         PyErr_SetString(PyExc_ValueError, "I/O operation on a closed Engine");
         return NULL;
@@ -870,9 +919,10 @@ static PyObject *Engine_spawn(Engine *self, PyObject *args) {
     p->err.fd = err[0];
     out[0] = err[0] = -1;
     ev.events = EPOLLIN;
-    ev.data.u64 = ((uint64_t)idx << 2) | TAG_OUT;
+    p->generation++;
+    ev.data.u64 = TAG_OF(p, idx, TAG_OUT);
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, p->out.fd, &ev) == 0) {
-        ev.data.u64 = ((uint64_t)idx << 2) | TAG_ERR;
+        ev.data.u64 = TAG_OF(p, idx, TAG_ERR);
         if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, p->err.fd, &ev) == 0) goto started;
     }
     /* The epoll set is full (max_user_watches): undo the start. */
@@ -880,6 +930,7 @@ static PyObject *Engine_spawn(Engine *self, PyObject *args) {
     kill(-pid, SIGKILL);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
     }
+    epoll_ctl(self->epfd, EPOLL_CTL_DEL, p->out.fd, NULL);
     forget_fd(self, &p->out.fd);
     forget_fd(self, &p->err.fd);
     free_slot(self, idx);
@@ -918,10 +969,18 @@ static PyObject *Engine_take_finished(Engine *self, PyObject *Py_UNUSED(ignored)
         int flags = (p->out.truncated ? FLAG_OUT_TRUNCATED : 0) |
                     (p->err.truncated ? FLAG_ERR_TRUNCATED : 0) |
                     (p->leftovers ? FLAG_LEFTOVERS : 0);
-        PyObject *item = Py_BuildValue("(iiy#y#i)", (int)p->pid, p->status,
-                                       p->out.buf ? p->out.buf : "", (Py_ssize_t)p->out.len,
-                                       p->err.buf ? p->err.buf : "", (Py_ssize_t)p->err.len,
-                                       flags);
+        PyObject *item = PyTuple_New(5);
+        if (item != NULL) {
+            PyTuple_SET_ITEM(item, 0, PyLong_FromLong((long)p->pid));
+            PyTuple_SET_ITEM(item, 1, PyLong_FromLong(p->status));
+            PyTuple_SET_ITEM(item, 2, PyBytes_FromStringAndSize(p->out.buf, (Py_ssize_t)p->out.len));
+            PyTuple_SET_ITEM(item, 3, PyBytes_FromStringAndSize(p->err.buf, (Py_ssize_t)p->err.len));
+            PyTuple_SET_ITEM(item, 4, PyLong_FromLong(flags));
+            if (PyTuple_GET_ITEM(item, 0) == NULL || PyTuple_GET_ITEM(item, 1) == NULL ||
+                PyTuple_GET_ITEM(item, 2) == NULL || PyTuple_GET_ITEM(item, 3) == NULL ||
+                PyTuple_GET_ITEM(item, 4) == NULL)
+                Py_CLEAR(item);
+        }
         if (item == NULL) {
             /* keep the rest for the next call */
             memmove(self->finished, self->finished + i, (size_t)(self->nfinished - i) * sizeof(int));
@@ -1079,9 +1138,27 @@ static PyTypeObject EngineType = {
 
 /* -- the result line ---------------------------------------------------------------------- */
 
+/* The decimal digits of value into text (at least `width` of them, zero-padded); the
+ * number of characters written.  text must hold 21 characters. */
+static int format_int(char *text, long long value, int width) {
+    char digits[24];
+    int n = 0, len = 0;
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value
+                                             : (unsigned long long)value;
+    do {
+        digits[n++] = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude != 0);
+    while (n < width) digits[n++] = '0';
+    if (value < 0) text[len++] = '-';
+    while (n > 0) text[len++] = digits[--n];
+    return len;
+}
+
 typedef struct {
     char *buf;
     size_t len, cap;
+    int on_stack; /* buf is the caller's stack buffer, not to be freed or realloc'd */
 } Out;
 
 static int out_reserve(Out *o, size_t more) {
@@ -1089,13 +1166,19 @@ static int out_reserve(Out *o, size_t more) {
         size_t cap = o->cap ? o->cap : 256;
         char *grown;
         while (cap - o->len < more) cap *= 2;
-        grown = PyMem_Realloc(o->buf, cap);
+        if (o->on_stack) {
+            grown = PyMem_Malloc(cap);
+            if (grown != NULL) memcpy(grown, o->buf, o->len);
+        } else {
+            grown = PyMem_Realloc(o->buf, cap);
+        }
         if (grown == NULL) {
             PyErr_NoMemory();
             return -1;
         }
         o->buf = grown;
         o->cap = cap;
+        o->on_stack = 0;
     }
     return 0;
 }
@@ -1179,11 +1262,28 @@ static int out_string(Out *o, const char *s, size_t n) {
 }
 
 /* json.dumps(round(seconds, 6)): the shortest repr of the double nearest to the
- * value rounded to six decimals, as Python's round() and float.__repr__ make it. */
+ * value rounded to six decimals, as Python's round() and float.__repr__ make it.
+ *
+ * The common duration (0.0001 s to a day) is written from whole microseconds: for
+ * those, repr prints the six-decimal value with its trailing zeros dropped.  Whether
+ * x * 1e6 rounds to the same integer as Python's correctly rounded decimal is only in
+ * doubt near a half; those, and the rest (repr's exponent forms), take Python's own
+ * path: float formatting, then parsing back, then repr. */
 static int out_duration(Out *o, double seconds) {
     char *fixed, *repr;
-    double rounded;
+    double rounded, scaled = seconds * 1e6, frac;
     int rc;
+    scaled = seconds * 1e6;
+    frac = scaled - (double)(long long)scaled;
+    if (scaled >= 100.0 && scaled < 8.64e10 && (frac < 0.499 || frac > 0.501)) {
+        long long us = (long long)(scaled + 0.5);
+        char text[48];
+        int len = format_int(text, us / 1000000, 1);
+        text[len++] = '.';
+        len += format_int(text + len, us % 1000000, 6);
+        while (text[len - 1] == '0' && text[len - 2] != '.') len--;
+        return out_put(o, text, (size_t)len);
+    }
     fixed = PyOS_double_to_string(seconds, 'f', 6, 0, NULL);
     if (fixed == NULL) return -1;
     rounded = PyOS_string_to_double(fixed, NULL, NULL);
@@ -1196,35 +1296,65 @@ static int out_duration(Out *o, double seconds) {
     return rc;
 }
 
-static PyObject *encode_result(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *task_id, *digest = Py_None, *line = NULL;
-    int status;
+/* encode_result(id, status, duration, stdout, stderr, digest=None): see module_methods. */
+static PyObject *encode_result(PyObject *Py_UNUSED(module), PyObject *const *args,
+                               Py_ssize_t nargs) {
+    PyObject *task_id, *out_obj, *err_obj, *digest = Py_None, *line = NULL;
+    long status;
     double duration;
-    Py_buffer stdout_buf, stderr_buf;
-    Out o = {NULL, 0, 0};
-    char number[32];
+    const char *out_data, *err_data;
+    size_t out_len, err_len;
+    char stack[512];
+    Out o;
+    char number[40];
+    int len;
 
-    if (!PyArg_ParseTuple(args, "Oidy*y*|O:encode_result", &task_id, &status, &duration,
-                          &stdout_buf, &stderr_buf, &digest))
+    if (nargs < 5 || nargs > 6) {
+        PyErr_SetString(PyExc_TypeError, "encode_result takes 5 or 6 arguments");
         return NULL;
-    if (!valid_utf8(stdout_buf.buf, (size_t)stdout_buf.len) ||
-        !valid_utf8(stderr_buf.buf, (size_t)stderr_buf.len)) {
-        line = Py_None; /* the caller gets the bytes as base64 too: Python's path */
-        Py_INCREF(line);
-        goto done;
     }
+    task_id = args[0];
+    status = PyLong_AsLong(args[1]);
+    if (status == -1 && PyErr_Occurred()) return NULL;
+    duration = PyFloat_AsDouble(args[2]);
+    if (duration == -1.0 && PyErr_Occurred()) return NULL;
+    out_obj = args[3];
+    err_obj = args[4];
+    if (nargs == 6) digest = args[5];
+    if (!PyBytes_Check(out_obj) || !PyBytes_Check(err_obj)) {
+        PyErr_SetString(PyExc_TypeError, "stdout and stderr must be bytes");
+        return NULL;
+    }
+    out_data = PyBytes_AS_STRING(out_obj);
+    out_len = (size_t)PyBytes_GET_SIZE(out_obj);
+    err_data = PyBytes_AS_STRING(err_obj);
+    err_len = (size_t)PyBytes_GET_SIZE(err_obj);
+    if (!valid_utf8((const unsigned char *)out_data, out_len) ||
+        !valid_utf8((const unsigned char *)err_data, err_len))
+        Py_RETURN_NONE; /* the caller gets the bytes as base64 too: Python's path */
+    o.buf = stack;
+    o.len = 0;
+    o.cap = sizeof stack;
+    o.on_stack = 1;
     if (out_put(&o, "{\"id\":", 6) < 0) goto done;
     if (PyLong_CheckExact(task_id)) {
-        PyObject *text = PyObject_Str(task_id);
-        Py_ssize_t size;
-        const char *digits;
-        if (text == NULL) goto done;
-        digits = PyUnicode_AsUTF8AndSize(text, &size);
-        if (digits == NULL || out_put(&o, digits, (size_t)size) < 0) {
+        int overflow;
+        long long value = PyLong_AsLongLongAndOverflow(task_id, &overflow);
+        if (!overflow) {
+            len = format_int(number, value, 1);
+            if (out_put(&o, number, (size_t)len) < 0) goto done;
+        } else {
+            PyObject *text = PyObject_Str(task_id);
+            Py_ssize_t size;
+            const char *digits;
+            if (text == NULL) goto done;
+            digits = PyUnicode_AsUTF8AndSize(text, &size);
+            if (digits == NULL || out_put(&o, digits, (size_t)size) < 0) {
+                Py_DECREF(text);
+                goto done;
+            }
             Py_DECREF(text);
-            goto done;
         }
-        Py_DECREF(text);
     } else if (PyUnicode_CheckExact(task_id)) {
         Py_ssize_t size;
         const char *text = PyUnicode_AsUTF8AndSize(task_id, &size);
@@ -1239,18 +1369,14 @@ static PyObject *encode_result(PyObject *Py_UNUSED(module), PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "a task id is a str or an int");
         goto done;
     }
-    snprintf(number, sizeof number, ",\"status\":%d", status);
-    if (out_put(&o, number, strlen(number)) < 0) goto done;
-    if (out_put(&o, status == 0 ? ",\"ok\":true" : ",\"ok\":false",
-                status == 0 ? 10 : 11) < 0)
+    if (out_put(&o, ",\"status\":", 10) < 0) goto done;
+    len = format_int(number, status, 1);
+    if (out_put(&o, number, (size_t)len) < 0) goto done;
+    if (out_put(&o, status == 0 ? ",\"ok\":true" : ",\"ok\":false", status == 0 ? 10 : 11) < 0)
         goto done;
     if (out_put(&o, ",\"duration\":", 12) < 0 || out_duration(&o, duration) < 0) goto done;
-    if (out_put(&o, ",\"stdout\":", 10) < 0 ||
-        out_string(&o, stdout_buf.buf, (size_t)stdout_buf.len) < 0)
-        goto done;
-    if (out_put(&o, ",\"stderr\":", 10) < 0 ||
-        out_string(&o, stderr_buf.buf, (size_t)stderr_buf.len) < 0)
-        goto done;
+    if (out_put(&o, ",\"stdout\":", 10) < 0 || out_string(&o, out_data, out_len) < 0) goto done;
+    if (out_put(&o, ",\"stderr\":", 10) < 0 || out_string(&o, err_data, err_len) < 0) goto done;
     if (digest != Py_None) {
         Py_ssize_t size;
         const char *text = PyUnicode_AsUTF8AndSize(digest, &size);
@@ -1261,14 +1387,246 @@ static PyObject *encode_result(PyObject *Py_UNUSED(module), PyObject *args) {
     if (out_put(&o, "}\n", 2) < 0) goto done;
     line = PyBytes_FromStringAndSize(o.buf, (Py_ssize_t)o.len);
 done:
-    PyMem_Free(o.buf);
-    PyBuffer_Release(&stdout_buf);
-    PyBuffer_Release(&stderr_buf);
+    if (!o.on_stack) PyMem_Free(o.buf);
     return line;
 }
 
+/* -- the plain task line ------------------------------------------------------------------ */
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+    return p;
+}
+
+/* A JSON string without escapes or control characters, as UTF-8; NULL when the string
+ * is anything else (Python's decoder then decides).  *start, *len: its content. */
+static const char *plain_string(const char *p, const char *end, const char **start, size_t *len) {
+    const char *q;
+    if (p >= end || *p != '"') return NULL;
+    q = ++p;
+    while (q < end && *q != '"') {
+        if (*q == '\\' || (unsigned char)*q < 0x20) return NULL;
+        q++;
+    }
+    if (q >= end) return NULL;
+    *start = p;
+    *len = (size_t)(q - p);
+    return q + 1;
+}
+
+/* One plain task line, scanned: {"id": <integer or string>, "cmd": "<string>"} in either
+ * order, strings without escapes or control characters, an integer of at most 18
+ * digits (no fraction, no exponent, no leading zero), JSON whitespace around.  Nothing
+ * is decoded: the strings' bytes are not checked for UTF-8 here. */
+typedef struct {
+    int id_is_string;
+    const char *id, *cmd;
+    size_t id_len, cmd_len;
+} PlainLine;
+
+static int scan_plain(const char *p, const char *end, PlainLine *line) {
+    const char *start;
+    size_t len;
+    int seen_id = 0, seen_cmd = 0, members = 0;
+
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') return 0;
+    p = skip_ws(p + 1, end);
+    for (;;) {
+        int is_id;
+        p = plain_string(p, end, &start, &len);
+        if (p == NULL) return 0;
+        if (len == 2 && memcmp(start, "id", 2) == 0 && !seen_id) {
+            is_id = seen_id = 1;
+        } else if (len == 3 && memcmp(start, "cmd", 3) == 0 && !seen_cmd) {
+            is_id = 0;
+            seen_cmd = 1;
+        } else {
+            return 0; /* another field, or one given twice */
+        }
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = skip_ws(p + 1, end);
+        if (p >= end) return 0;
+        if (*p == '"') {
+            p = plain_string(p, end, &start, &len);
+            if (p == NULL) return 0;
+            if (is_id) {
+                line->id_is_string = 1;
+                line->id = start;
+                line->id_len = len;
+            } else {
+                line->cmd = start;
+                line->cmd_len = len;
+            }
+        } else if (is_id && (*p == '-' || (*p >= '0' && *p <= '9'))) {
+            const char *q = p;
+            if (*q == '-') q++;
+            if (q >= end || *q < '0' || *q > '9') return 0;
+            if (*q == '0' && q + 1 < end && q[1] >= '0' && q[1] <= '9') return 0;
+            while (q < end && *q >= '0' && *q <= '9') q++;
+            if (q - p > 18) return 0; /* big: Python's int rules apply */
+            if (q < end && (*q == '.' || *q == 'e' || *q == 'E')) return 0; /* a float */
+            line->id_is_string = 0;
+            line->id = p;
+            line->id_len = (size_t)(q - p);
+            p = q;
+        } else {
+            return 0;
+        }
+        members++;
+        p = skip_ws(p, end);
+        if (p >= end) return 0;
+        if (*p == '}') break;
+        if (*p != ',' || members == 2) return 0;
+        p = skip_ws(p + 1, end);
+    }
+    p = skip_ws(p + 1, end);
+    return p == end && seen_id && seen_cmd;
+}
+
+/* parse_plain(line) -> (id, cmd) | None: see module_methods. */
+static PyObject *parse_plain(PyObject *Py_UNUSED(module), PyObject *raw) {
+    PlainLine line;
+    PyObject *task_id, *cmd, *pair;
+    const char *p;
+
+    if (!PyBytes_Check(raw)) {
+        PyErr_SetString(PyExc_TypeError, "parse_plain takes bytes");
+        return NULL;
+    }
+    p = PyBytes_AS_STRING(raw);
+    if (!scan_plain(p, p + PyBytes_GET_SIZE(raw), &line)) Py_RETURN_NONE;
+    cmd = PyUnicode_DecodeUTF8(line.cmd, (Py_ssize_t)line.cmd_len, "strict");
+    if (cmd == NULL) {
+        PyErr_Clear(); /* not UTF-8: Python's decoder says where */
+        Py_RETURN_NONE;
+    }
+    if (line.id_is_string) {
+        task_id = PyUnicode_DecodeUTF8(line.id, (Py_ssize_t)line.id_len, "strict");
+        if (task_id == NULL) {
+            PyErr_Clear();
+            Py_DECREF(cmd);
+            Py_RETURN_NONE;
+        }
+    } else {
+        char number[24];
+        memcpy(number, line.id, line.id_len);
+        number[line.id_len] = '\0';
+        task_id = PyLong_FromLongLong(strtoll(number, NULL, 10));
+        if (task_id == NULL) {
+            Py_DECREF(cmd);
+            return NULL;
+        }
+    }
+    pair = PyTuple_Pack(2, task_id, cmd);
+    Py_DECREF(task_id);
+    Py_DECREF(cmd);
+    return pair;
+}
+
+/* Whether a plain line is a valid task as tasks.parse_line takes it: its strings UTF-8,
+ * and its cmd holding something besides whitespace (an ASCII character that
+ * str.isspace() does not take; a cmd of other characters only is left to Python). */
+static int plain_line_valid(const PlainLine *line) {
+    size_t i;
+    int seen = 0;
+    if (!valid_utf8((const unsigned char *)line->cmd, line->cmd_len)) return 0;
+    if (line->id_is_string && !valid_utf8((const unsigned char *)line->id, line->id_len))
+        return 0;
+    for (i = 0; i < line->cmd_len && !seen; i++) {
+        unsigned char c = (unsigned char)line->cmd[i];
+        if (c < 0x80 && !(c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F)))
+            seen = 1;
+    }
+    return seen;
+}
+
+/* Whether a line is blank as parse_line takes it (nothing but whitespace): ASCII
+ * whitespace only; a line of other whitespace is left to Python. */
+static int blank_line(const char *p, const char *end) {
+    for (; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (!(c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F))) return 0;
+    }
+    return 1;
+}
+
+/* check_plain_lines(fd, size) -> (offset, lines, tasks): see module_methods.
+ * Invariants: buf[0:have] holds the file's bytes from offset `checked`, read up to
+ * `pos`; every line before `checked` is blank or a valid plain task. */
+static PyObject *check_plain_lines(PyObject *Py_UNUSED(module), PyObject *args) {
+    int fd, failed = 0, saved = 0;
+    long long size, pos = 0, checked = 0, lines = 0, tasks = 0;
+    size_t cap = 1 << 16, have = 0;
+    char *buf;
+
+    if (!PyArg_ParseTuple(args, "iL:check_plain_lines", &fd, &size)) return NULL;
+    buf = PyMem_Malloc(cap);
+    if (buf == NULL) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        size_t start = 0;
+        int at_end;
+        if (pos < size && have < cap) {
+            size_t want = cap - have;
+            ssize_t got;
+            if ((long long)want > size - pos) want = (size_t)(size - pos);
+            got = pread(fd, buf + have, want, pos);
+            if (got < 0) {
+                if (errno == EINTR) continue;
+                failed = 1;
+                saved = errno;
+                break;
+            }
+            if (got == 0) size = pos; /* the file is shorter than it was: end there */
+            pos += got;
+            have += (size_t)got;
+        }
+        at_end = pos >= size;
+        while (start < have) {
+            PlainLine plain;
+            char *line = buf + start, *nl = memchr(line, '\n', have - start);
+            char *stop = nl != NULL ? nl : buf + have;
+            size_t next = (size_t)(stop - buf) + (nl != NULL ? 1 : 0);
+            if (nl == NULL && !at_end) break; /* a partial line: read on */
+            if (blank_line(line, stop)) {
+                lines++; /* skipped by the parser, but a line all the same */
+            } else if (scan_plain(line, stop, &plain) && plain_line_valid(&plain)) {
+                lines++;
+                tasks++;
+            } else {
+                goto done; /* Python's parser takes it from here */
+            }
+            checked += (long long)(next - start);
+            start = next;
+        }
+        if (at_end && start >= have) break;  /* the whole file */
+        if (start == 0 && have == cap) break; /* a line longer than the buffer */
+        memmove(buf, buf + start, have - start);
+        have -= start;
+    }
+done:
+    Py_END_ALLOW_THREADS
+    PyMem_Free(buf);
+    if (failed) {
+        errno = saved;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(LLL)", checked, lines, tasks);
+}
+
 static PyMethodDef module_methods[] = {
-    {"encode_result", (PyCFunction)encode_result, METH_VARARGS,
+    {"check_plain_lines", (PyCFunction)check_plain_lines, METH_VARARGS,
+     "check_plain_lines(fd, size) -> (offset, lines, tasks): the validation pass of a "
+     "task file, in C, as far as its lines are plain (as parse_plain takes them, valid "
+     "as tasks.parse_line would find them) or blank: the first byte, line count and "
+     "task count after that prefix.  Python's parser goes on from offset."},
+    {"parse_plain", (PyCFunction)parse_plain, METH_O,
+     "parse_plain(line) -> (id, cmd) | None: the common task line, {\"id\": ..., "
+     "\"cmd\": \"...\"}, as json.loads reads it, for strings without escapes and ids "
+     "of up to 18 digits; None for any other line, which Python's parser takes."},
+    {"encode_result", (PyCFunction)(void (*)(void))encode_result, METH_FASTCALL,
      "encode_result(id, status, duration, stdout, stderr, digest=None) -> bytes | None: "
      "the plain result record as encode_line writes it (id, status, ok, duration, stdout, "
      "stderr, and the journal's task digest); None when an output is not UTF-8 or the id "

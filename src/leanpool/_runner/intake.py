@@ -21,6 +21,8 @@ from .._protocol.spool import SpoolReader
 from .._protocol.tasks import task_digest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._protocol.config import InputConfig
     from .._protocol.journal import Journal
     from .._protocol.tasks import Task
@@ -48,12 +50,27 @@ class Intake:
     """
 
     def __init__(
-        self, config: InputConfig, journal: Journal | None, *, rerun_failed: bool = False
+        self,
+        config: InputConfig,
+        journal: Journal | None,
+        *,
+        rerun_failed: bool = False,
+        parse: Callable[[bytes, int], Task | None] | None = None,
+        check: Callable[[bytes, int], Task | None] | None = None,
+        check_file: Callable[[int, int], tuple[int, int, int]] | None = None,
     ) -> None:
+        """``parse``: the line parser the readers use (``SpoolReader``), if not the
+        standard one of the input's format; ``check``: the one the validation pass of a
+        task file uses when no journal is kept (its tasks are only counted);
+        ``check_file(fd, size) -> (offset, lines, tasks)``: that pass over as much of the
+        file as it can take at once, before ``check`` goes on from there."""
         self.stream = config["stream"]
         self._path = config["path"]
         self._format = config["format"]
-        self._reader = SpoolReader(self._path, self._format)
+        self._parse = parse
+        self._check = check if journal is None else parse
+        self._check_file = check_file if journal is None else None
+        self._reader = SpoolReader(self._path, self._format, parse)
         self._journal = journal
         self._done: dict[str | int, str] = {} if journal is None else journal.done
         self._failed: set[str | int] = set() if journal is None else journal.failed
@@ -85,18 +102,26 @@ class Intake:
         Raises:
             TaskFileError: naming the first bad line; no task has started.
         """
+        checked = None
         with open(self._path, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise TaskFileError(0, f"{self._path} is not a regular file")
             size = os.fstat(f.fileno()).st_size
-        reader = SpoolReader(self._path, self._format)
+            if self._check_file is not None:
+                checked = self._check_file(f.fileno(), size)
+        reader = SpoolReader(self._path, self._format, self._check)
         try:
             reader.announce(size, ended=True)
+            if checked is not None:
+                offset, lines, self.tasks = checked
+                reader.skip_to(offset, lines)
+            journaled = self._journal is not None  # else no id is checked, none skipped
             while (task := reader.next_task()) is not None:
-                self._check_unique(task)
                 self.tasks += 1
-                if self._skip(task, reader.last_raw):
-                    self.skipped += 1
+                if journaled:
+                    self._check_unique(task)
+                    if self._skip(task, reader.last_raw):
+                        self.skipped += 1
         finally:
             reader.close()
         self._first_line.clear()

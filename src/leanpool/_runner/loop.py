@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import os
 import resource
 import select
@@ -39,10 +40,17 @@ from .intake import Intake
 from .kinds import CHILD_KINDS
 from .leftovers import Leftovers
 from .outbox import OUTPUT_BACKLOG, Outbox
-from .piped import PipedChild, caught_signals, make_engine
+from .piped import (
+    PipedChild,
+    caught_signals,
+    encode_result,
+    file_checker,
+    line_parser,
+    make_engine,
+)
 from .reaping import pidfds_work, reap_ready, signal_group
 from .reports import InputReports, end_record, fatal_record
-from .results import cancelled_result, result_of, signal_name, unstarted_result
+from .results import SPILL_OVER, cancelled_result, result_of, signal_name, unstarted_result
 from .schedule import Attempt, Schedule
 from .spawn import SpawnError, devnull
 from .timers import Timers, When
@@ -129,7 +137,12 @@ class Runner:
             rerun_failed = options.get("resume_failed", False)
             self.journal = Journal(options["journal"], resume=options["resume"] or rerun_failed)
         self.intake = Intake(
-            config["input"], self.journal, rerun_failed=options.get("resume_failed", False)
+            config["input"],
+            self.journal,
+            rerun_failed=options.get("resume_failed", False),
+            parse=line_parser(config["input"]["format"]),
+            check=line_parser(config["input"]["format"], check_only=True),
+            check_file=file_checker(config["input"]["format"]),
         )
         self.outbox = Outbox(self.epoll, self.journal, ordered=config["ordered"])
         self.reports = InputReports(self.intake, self.outbox)
@@ -144,6 +157,7 @@ class Runner:
         self.halt_rule = config.get("halt_rule")
         self._free_slots = list(range(options["parallel"], 0, -1))
         self.spill_dir = config["spill_dir"]
+        self._timeout = options["timeout"]
         self._workers: WorkerPool | None = None
         self._cancelled: set[str | int] = set()
 
@@ -151,6 +165,9 @@ class Runner:
 
     def run(self) -> int:
         """Run to the end; 0 after an ``end`` record, 1 after a ``fatal`` one."""
+        # What start-up made (modules, code, constants) lives as long as the runner:
+        # out of the collector's sight, its full collections look at the run's objects.
+        gc.freeze()
         self._install_signals()
         start: StartRecord = {
             "leanpool": "start",
@@ -224,13 +241,44 @@ class Runner:
                 self._fire_deadlines()
 
     def _take_finished(self, engine: Engine) -> None:
-        """The commands the engine saw end (reaped, pipes closed): complete each."""
+        """The commands the engine saw end (reaped, pipes closed): complete each.
+
+        The plain success takes the short way: a first attempt that exited 0 on its own,
+        its output whole and small enough to go inline, with no job slot, in a run with
+        no ``halt_rule`` (which counts successes).  Its line, encoded in C, goes to the
+        journal and the outbox; it is what ``result_of`` would build, tested so.  Every
+        other end goes through ``_complete``, as any kind of child's does.
+        """
         active = self.active
+        encode = encode_result if self.halt_rule is None else None
+        journal = self.journal
+        spill_over = SPILL_OVER if self.spill_dir is not None else None
+        now = time.monotonic()  # each of them was reaped in the poll that just ended
         for pid, status, stdout, stderr, flags in engine.take_finished():
             child = active.get(pid)
-            if isinstance(child, PipedChild):
+            if type(child) is not PipedChild:
+                continue
+            line = None
+            if (
+                encode is not None
+                and not (status or flags or child.slot)
+                and child.attempt == 1
+                and not (child.timed_out or child.cancelled or child.abandoned)
+                and (spill_over is None or max(len(stdout), len(stderr)) < spill_over)
+            ):
+                task = child.task
+                line = encode(task.id, 0, now - child.started, stdout, stderr, None)
+            if line is None:
                 child.ended(status, stdout, stderr, flags)
                 self._complete(child)
+                continue
+            del active[pid]
+            child.done = True
+            journal_line = None
+            if journal is not None:
+                journal_line = encode(task.id, 0, now - child.started, stdout, stderr, task.digest)  # type: ignore[misc]
+            self.outbox.line(line, journal_line, child.seq)
+            self.completed += 1
 
     def _over(self) -> bool:
         """With nothing running: is the run over?  Say ``idle`` when input may grow."""
@@ -255,12 +303,14 @@ class Runner:
         active = self.active
         schedule = self.schedule
         outbox = self.outbox
-        while len(active) < schedule.parallel and outbox.unsent < OUTPUT_BACKLOG:
+        while len(active) < schedule.parallel:
             if schedule.ready:
+                if outbox.unsent >= OUTPUT_BACKLOG:
+                    return
                 waiting = schedule.ready.popleft()
                 task, seq, attempt = waiting.task, waiting.seq, waiting.number
             else:
-                if outbox.backlog >= OUTPUT_BACKLOG:
+                if outbox.backlog >= OUTPUT_BACKLOG:  # held results count too
                     return
                 try:
                     fresh = self.intake.next_task()
@@ -301,8 +351,9 @@ class Runner:
         return True
 
     def _arm_timeout(self, child: Child) -> None:
-        task = child.task
-        timeout = task.timeout if task.timeout is not None else self.options["timeout"]
+        timeout = child.task.timeout
+        if timeout is None:
+            timeout = self._timeout
         if timeout is not None:
             self.timers.add(timeout, When.TERM, child)
 
@@ -458,11 +509,10 @@ class Runner:
         self._stop(by=name)
 
     def _on_wake(self) -> None:
-        try:
-            while os.read(self.wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
+        # One read: a byte per signal, and the pipe holds a few at most (more would
+        # wake the loop again).  Reading on to EAGAIN cost an exception per wake-up.
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake_r, 4096)
         if self._signalled:
             self._on_signal()
         if not self.pidfds:  # SIGCHLD: some child exited

@@ -82,11 +82,21 @@ class Outbox:
         if line is None:
             assert built.record is not None  # only an encoded Built has none
             line = encode_line(built.record)
+        journal_line = built.journal_line
+        if self.journal is not None and journal_line is None:
+            journal_line = line if built.journal is None else encode_line(built.journal)
+        self.line(line, journal_line, seq)
+
+    def line(self, line: bytes, journal_line: bytes | None, seq: int) -> None:
+        """Journal (when a journal is kept: ``journal_line``), then queue, one final
+        result already encoded.
+
+        Raises:
+            JournalError: the journal refused it; the caller has not been sent it either.
+        """
         if self.journal is not None:
-            if built.journal_line is not None:
-                self.journal.append(built.journal_line)
-            else:
-                self.journal.append(line if built.journal is None else encode_line(built.journal))
+            assert journal_line is not None
+            self.journal.append(journal_line)
         if not self.ordered:
             self._buf += line
             return

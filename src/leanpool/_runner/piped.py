@@ -21,6 +21,7 @@ import os
 import signal
 from typing import TYPE_CHECKING, Final, Protocol
 
+from .._protocol.tasks import CommandTask, parse_line
 from .children import Child, Outcome
 from .spawn import SpawnError, status_for
 from .timers import When
@@ -28,7 +29,8 @@ from .timers import When
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from .._protocol.tasks import CommandTask
+    from .._protocol.config import TaskFormat
+    from .._protocol.tasks import Task
     from .children import Host
     from .spawn import Environ
 
@@ -97,6 +99,45 @@ except ImportError:  # not built (no C compiler), or switched off
 encode_result: Callable[[str | int, int, float, bytes, bytes, str | None], bytes | None] | None
 """The plain result line in C (see ``results.result_of``), or None without the engine."""
 encode_result = None if _engine is None else _engine.encode_result
+
+
+def file_checker(task_format: TaskFormat) -> Callable[[int, int], tuple[int, int, int]] | None:
+    """The validation pass over a task file's plain lines in C (``check_plain_lines``),
+    for a run without a journal; None without the engine."""
+    if _engine is None or task_format != "jsonl":
+        return None
+    checker: Callable[[int, int], tuple[int, int, int]] = _engine.check_plain_lines
+    return checker
+
+
+def line_parser(
+    task_format: TaskFormat, *, check_only: bool = False
+) -> Callable[[bytes, int], Task | None] | None:
+    """The runner's parser of task lines: the common line, ``{"id": ..., "cmd": "..."}``,
+    read in C (``_engine.parse_plain``, which leaves every other line to
+    ``tasks.parse_line``); None (the standard parser) without the engine.
+
+    ``check_only``: for a validation pass that needs no task (no journal: no id is
+    compared), a common line that is valid gives one shared placeholder task, which
+    is only counted, never run.
+    """
+    if _engine is None or task_format != "jsonl":
+        return None
+    parse_plain = _engine.parse_plain
+    valid = CommandTask("", ["true"], shell=False, line=0)
+
+    def parse(raw: bytes, line: int) -> Task | None:
+        found = parse_plain(raw)
+        if found is not None:
+            task_id, cmd = found
+            if cmd and not cmd.isspace():  # else parse_line says what is wrong
+                if check_only:
+                    return valid
+                return CommandTask(task_id, ["/bin/sh", "-c", cmd], shell=True, line=line)
+        return parse_line(raw, line)
+
+    return parse
+
 
 _FLAG_OUT_TRUNCATED: Final = 1
 _FLAG_ERR_TRUNCATED: Final = 2
