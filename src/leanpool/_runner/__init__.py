@@ -3,7 +3,7 @@
 ::
 
     caller (big)                          runner (lean)                       tasks
-    TaskRunner.add() ──► spool.jsonl ─────► intake ─► schedule ─► kinds ─► posix_spawn ─► sh -c CMD
+    TaskRunner.add() ──► spool.jsonl ─────► intake ─► schedule ─► kinds ─► vfork+exec ──► sh -c CMD
     TaskRunner.run() ──► spawn runner         ▲                    │ (shell)   (own session each)
                          stdin: more/end ─────┘                    └► calls ─► worker ─► f(*args)
                          cancel/stop; EOF: caller gone            (fd 3: request, fd 4: reply)
@@ -19,9 +19,10 @@ with the number of tasks: it holds the running tasks and one chunk of the spool.
 Rooms: ``main`` (one try, one fatal record), ``loop`` (epoll dispatch and the phase),
 ``intake`` (control channel and spool), ``schedule`` (retries, throttling), ``timers``
 (typed deadlines), ``children`` (the interface a kind of child implements), ``kinds``
-(which kind runs which task), ``shell`` (the command kind), ``calls`` (the call kind
-and its worker processes), ``spawn`` (posix_spawn of a
-process spec), ``reaping`` (pidfds or SIGCHLD, process groups), ``leftovers`` (groups a task left
-behind), ``results`` (outcome to
-record), ``outbox`` (journal first, ordering, non-blocking stdout).
+(which kind runs which task), ``shell`` (the command kind), ``piped`` (the command
+kind on the C engine, ``_engine.c``: start, drain, reap and the result line in C, and
+the epoll set), ``calls`` (the call kind and its worker processes), ``spawn``
+(posix_spawn of a process spec), ``reaping`` (pidfds or SIGCHLD, process groups),
+``leftovers`` (groups a task left behind), ``results`` (outcome to record), ``outbox``
+(journal first, ordering, non-blocking stdout).
 """
