@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -159,7 +160,13 @@ def _build_ceiling() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=2000, help="tasks per run")
-    parser.add_argument("-p", type=int, default=8, help="tasks in flight")
+    parser.add_argument("-p", type=int, help="tasks in flight (echo 8, sleep 16)")
+    parser.add_argument(
+        "--workload",
+        choices=("echo", "sleep"),
+        default="echo",
+        help="echo i, or sleep 0.00X && echo i (X from 1 to 10, seeded, as bench.py)",
+    )
     parser.add_argument("-r", type=int, default=5, help="repeats (each runs every method)")
     parser.add_argument(
         "--methods", default=",".join(METHODS), help="comma list of " + ",".join(METHODS)
@@ -168,6 +175,8 @@ def main() -> None:
     parser.add_argument("--json", help="write every run here")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
+    if args.p is None:
+        args.p = 16 if args.workload == "sleep" else 8
     if set(methods) - set(METHODS):
         parser.error(f"unknown methods: {sorted(set(methods) - set(METHODS))}")
     import leanpool
@@ -179,15 +188,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = {"jsonl": os.path.join(tmp, "tasks.jsonl"), "lines": os.path.join(tmp, "tasks.txt")}
         with open(files["jsonl"], "w") as jsonl, open(files["lines"], "w") as lines:
+            rng = random.Random(1)
             for i in range(args.n):
-                jsonl.write(json.dumps({"id": i, "cmd": f"echo {i}"}) + "\n")
-                lines.write(f"echo {i}\n")
+                cmd = f"echo {i}"
+                if args.workload == "sleep":
+                    cmd = f"sleep 0.{rng.randint(1, 10):03d} && {cmd}"
+                jsonl.write(json.dumps({"id": i, "cmd": cmd}) + "\n")
+                lines.write(cmd + "\n")
         if "ceiling" in methods:
             files["ceiling"] = _build_ceiling()
         for _ in range(args.r):
             for method in methods:
                 runs[method].append(one_run(method, package_dir, files, args.n, args.p))
-    print(f"{package_dir}: {args.n} x echo at -p {args.p}, {args.r} repeats, in turn")
+    print(f"{package_dir}: {args.n} x {args.workload} at -p {args.p}, {args.r} repeats, in turn")
     python = platform.python_version()
     print(f"{platform.node()}: {os.cpu_count()} CPUs, {platform.release()}, Python {python}")
     print(f"  {'method':8} {'tasks/s':>8} {'user us':>8} {'sys us':>8} {'cpu us':>8}   (medians)")
@@ -211,6 +224,7 @@ def main() -> None:
         meta = {
             "n": args.n,
             "p": args.p,
+            "workload": args.workload,
             "repeats": args.r,
             "src": package_dir,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

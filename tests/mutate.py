@@ -65,9 +65,9 @@ MUTANTS = (
         "result-before-journal",
         "a result reaches the caller only after it is in the journal",
         "src/leanpool/_runner/outbox.py",
-        "        line = encode_line(built.record)\n        if self.journal is not None:",
-        "        line = encode_line(built.record)\n        self._buf += line\n"
-        "        if self.journal is not None:",
+        "        if self.journal is not None:\n            assert journal_line is not None",
+        "        self._buf += line\n"
+        "        if self.journal is not None:\n            assert journal_line is not None",
     ),
     Mutant(
         "journal-gets-spill-names",
@@ -80,8 +80,8 @@ MUTANTS = (
         "resume-reruns",
         "resume skips the tasks the journal holds",
         "src/leanpool/_runner/intake.py",
-        "            if task.id in self._done:\n                if not self._validated:",
-        "            if False:\n                if not self._validated:",
+        "        recorded = self._done.get(task.id)\n        if recorded is None:",
+        "        recorded = None\n        if recorded is None:",
     ),
     Mutant(
         "duplicate-ids-allowed",
@@ -117,8 +117,8 @@ MUTANTS = (
         "timeout-ignored",
         "a task's timeout is applied",
         "src/leanpool/_runner/loop.py",
-        '        timeout = task.timeout if task.timeout is not None else self.options["timeout"]',
-        "        timeout = None",
+        "        if timeout is None:\n            timeout = self._timeout\n",
+        "        timeout = None\n",
     ),
     Mutant(
         "caller-death-ignored",
@@ -145,8 +145,8 @@ MUTANTS = (
         "no-sweep-after-runner-death",
         "after a runner death, the caller kills every process of the run",
         "src/leanpool/_caller/process.py",
-        "        returncode = self._wait(SHUTDOWN_WAIT_S)\n        sweep_run(self.token)",
-        "        returncode = self._wait(SHUTDOWN_WAIT_S)",
+        "        returncode = self._wait(self.shutdown_wait)\n        sweep_run(self.token)",
+        "        returncode = self._wait(self.shutdown_wait)",
     ),
     # -- leftovers ------------------------------------------------------------------------
     Mutant(
@@ -209,7 +209,7 @@ MUTANTS = (
         "fatal-drops-buffered-results",
         "a fatal record comes after every journaled result, whole",
         "src/leanpool/_runner/main.py",
-        "            runner.outbox.flush(final=True)",
+        "            run.outbox.flush(final=True)",
         "            pass",
     ),
     # -- scheduling -----------------------------------------------------------------------
@@ -217,8 +217,8 @@ MUTANTS = (
         "capped-at-16",
         "parallel tasks run at once, however many",
         "src/leanpool/_runner/loop.py",
-        "        while len(active) < schedule.parallel and outbox.unsent < OUTPUT_BACKLOG:",
-        "        while len(active) < min(16, schedule.parallel) and outbox.unsent < OUTPUT_BACKLOG:",
+        "        while len(active) < schedule.parallel:",
+        "        while len(active) < min(16, schedule.parallel):",
     ),
     Mutant(
         "retries-ignored",
@@ -355,8 +355,8 @@ MUTANTS = (
         "workers-never-recycled",
         "max_tasks_per_worker and max_worker_memory replace workers",
         "src/leanpool/_runner/calls.py",
-        "        if self.pool.retire_after(self, reply):",
-        "        if False:",
+        "        if self.killed or self.pool.retire_after(self, reply):",
+        "        if self.killed:",
     ),
     Mutant(
         "idle-workers-outlive-run",
@@ -517,7 +517,7 @@ MUTANTS = (
         "cluster-no-early-results",
         "results stream back while a batch runs",
         "src/leanpool/_cluster/batch.py",
-        "            live.publish(worker)",
+        "            with self._lock:\n                self.pending.append(line)",
         "            pass",
     ),
     Mutant(
@@ -526,6 +526,77 @@ MUTANTS = (
         "src/leanpool/_cluster/batch.py",
         "        _close_feeds(lambda feed: feed.token == token and not feed.busy)",
         "        pass",
+    ),
+    # -- the runner's C engine (a change to _engine.c is built into the copy) -----------
+    Mutant(
+        "engine-stale-event-taken",
+        "an event of a command that ended is never taken for its slot's next command's",
+        "src/leanpool/_runner/_engine.c",
+        "    if (p->pid == 0 || p->finished || (uint32_t)(data >> 32) != p->generation)",
+        "    if (p->pid == 0 || p->finished)",
+    ),
+    Mutant(
+        "engine-sigpipe-ignored",
+        "a command starts with SIGPIPE at its default action (``yes | head`` ends)",
+        "src/leanpool/_runner/_engine.c",
+        "    sigaction(SIGPIPE, &dfl, NULL);",
+        "",
+    ),
+    Mutant(
+        "engine-no-session",
+        "each command is the leader of a session and process group of its own",
+        "src/leanpool/_runner/_engine.c",
+        "    setsid();",
+        "",
+    ),
+    Mutant(
+        "engine-cwd-ignored",
+        "a command runs in its cwd",
+        "src/leanpool/_runner/_engine.c",
+        "    if (plan->cwd != NULL && chdir(plan->cwd) != 0) {",
+        "    if (0) {",
+    ),
+    Mutant(
+        "engine-leftovers-unseen",
+        "what a command leaves in its group is found when it ends (engine path)",
+        "src/leanpool/_runner/_engine.c",
+        "    if (kill(-pgid, 0) == 0) return 1;\n    return errno == EPERM;",
+        "    (void)pgid;\n    return 0;",
+    ),
+    Mutant(
+        "engine-max-output-ignored",
+        "max_output keeps the first bytes and says it cut the rest (engine path)",
+        "src/leanpool/_runner/_engine.c",
+        "    if (self->max_output >= 0 && s->len + got > (size_t)self->max_output) {",
+        "    if (0) {",
+    ),
+    Mutant(
+        "engine-exit-drops-buffered-output",
+        "output still in the pipes when the exit is seen first is kept",
+        "src/leanpool/_runner/_engine.c",
+        "    if (p->out.fd >= 0) held |= drain(self, p, &p->out);",
+        "    forget_fd(self, &p->out.fd);",
+    ),
+    Mutant(
+        "engine-validation-lax",
+        "a task file with a bad line runs nothing (the validation pass in C)",
+        "src/leanpool/_runner/_engine.c",
+        "            } else if (scan_plain(line, stop, &plain) && plain_line_valid(&plain)) {",
+        "            } else if (1) {",
+    ),
+    Mutant(
+        "short-way-ignores-timeout",
+        "a timed-out command is reported timed out, even when it exits 0 on SIGTERM",
+        "src/leanpool/_runner/loop.py",
+        "                and not (child.timed_out or child.cancelled or child.abandoned)",
+        "                and not (child.cancelled or child.abandoned)",
+    ),
+    Mutant(
+        "pure-python-switch-ignored",
+        "LEANPOOL_PURE_PYTHON=1 runs the runner in pure Python",
+        "src/leanpool/_runner/piped.py",
+        "    if os.environ.get(PURE_PYTHON_ENV):",
+        "    if False:",
     ),
 )
 
@@ -539,6 +610,18 @@ def _copy_checkout(dest: Path) -> None:
             shutil.copy2(source, dest / name)
 
 
+def _build_engine(source: Path) -> bool:
+    """Compile a mutant _engine.c over the copy's built engine, as pip install would."""
+    import importlib.machinery
+    import sysconfig
+
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    output = source.with_name(f"_engine{suffix}")
+    include = sysconfig.get_paths()["include"]
+    command = ["cc", "-O2", "-std=gnu11", "-shared", "-fPIC", f"-I{include}", str(source)]
+    return subprocess.run([*command, "-o", str(output)], capture_output=True).returncode == 0
+
+
 def run_one(mutant: Mutant, tests: list[str] | None = None) -> tuple[str, str, float]:
     """(verdict, detail, seconds): verdict is killed, survived or error."""
     began = time.monotonic()
@@ -550,6 +633,8 @@ def run_one(mutant: Mutant, tests: list[str] | None = None) -> tuple[str, str, f
         if text.count(mutant.old) != 1:
             return "error", f"text found {text.count(mutant.old)} times", 0.0
         target.write_text(text.replace(mutant.old, mutant.new))
+        if target.suffix == ".c" and not _build_engine(target):
+            return "error", "the mutant engine does not compile", 0.0
         env = {**os.environ, "PYTHONPATH": str(work / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
         env.pop("CI", None)  # a mutant is judged by failures, not by skips
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]

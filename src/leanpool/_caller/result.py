@@ -146,6 +146,17 @@ def result_from_record(record: ResultRecord) -> Result:
     Raises:
         ValueError: a field has the wrong type, or a spilled output cannot be read.
     """
+    if len(record) == 6:  # the common result: only the fields every result has
+        stdout, stderr = record["stdout"], record["stderr"]
+        if type(stdout) is str and type(stderr) is str:
+            return Result(
+                id=record["id"],
+                status=record["status"],
+                stdout=stdout,
+                stderr=stderr,
+                ok=record["ok"],
+                duration=record["duration"],
+            )
     try:
         stdout, stdout_raw = _output(record, "stdout")
         stderr, stderr_raw = _output(record, "stderr")

@@ -290,14 +290,16 @@ static Proc *find(Engine *self, pid_t pid, int *idx_out) {
 }
 
 static void forget_fd(Engine *self, int *fd) {
-    /* Closed without EPOLL_CTL_DEL: the kernel drops the registration once the last
-     * descriptor of the pipe is closed.  A command started a moment ago may still hold
-     * a copy (a vfork parent resumes before its child closes its close-on-exec
-     * descriptors): then the registration lives on for those microseconds, and its
-     * events, tagged with this command's generation, are ignored (on_event).  That
-     * saves two system calls per command. */
-    (void)self;
+    /* Unregistered before it is closed.  Closing alone would drop the registration only
+     * with the pipe's last descriptor, and a command started a moment ago may still
+     * hold a copy (a vfork parent resumes before its child closes its close-on-exec
+     * descriptors; on a busy machine the child may wait milliseconds for a CPU): the
+     * registration would then report the pipe's hang-up, level-triggered, on every
+     * wait until then, and the loop would spin (measured: 50 waits a task on
+     * 1-10 ms tasks).  An event of a command that ended can still come in the same
+     * wait; its generation tag tells (on_event). */
     if (*fd >= 0) {
+        epoll_ctl(self->epfd, EPOLL_CTL_DEL, *fd, NULL);
         close(*fd);
         *fd = -1;
     }
@@ -930,7 +932,6 @@ static PyObject *Engine_spawn(Engine *self, PyObject *args) {
     kill(-pid, SIGKILL);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
     }
-    epoll_ctl(self->epfd, EPOLL_CTL_DEL, p->out.fd, NULL);
     forget_fd(self, &p->out.fd);
     forget_fd(self, &p->err.fd);
     free_slot(self, idx);
