@@ -4,9 +4,16 @@ The runner starts every task itself, so the cost of one start is its main per-ta
 Candidates, each starting ``/bin/sh -c 'echo i'`` with stdout on a pipe, reading the
 output and reaping the child, one after another so that only the start path differs:
 
-- ``posix_spawn``: ``os.posix_spawn`` with file actions and ``setsid`` (the runner's way);
+- ``engine``: the runner's C engine (``leanpool._runner._engine``, its way where it is
+  built): two pipes, ``vfork`` and ``exec`` in a new session, drained and reaped in C;
+- ``posix_spawn``: ``os.posix_spawn`` with file actions and ``setsid`` (the runner's
+  pure-Python way);
 - ``popen``: ``subprocess.Popen`` with ``start_new_session=True`` (CPython's vfork path);
 - ``popen-fork``: the same with a no-op ``preexec_fn``, which forces a real fork.
+
+For ``engine`` and ``posix_spawn`` it also times the start call alone: how long the
+spawner is held, its own work plus the wait for the vfork child to reach ``exec``, which
+bounds how many tasks one spawner can start per second whatever the number of cores.
 
 Rounds are interleaved so that machine drift hits every method alike.  ``-m`` grows the
 process's heap first, to show which paths pay for the spawner's size.  Every start's
@@ -33,10 +40,34 @@ from typing import Any
 
 Starter = Callable[[int], bytes]
 
+START_CALL: dict[str, list[float]] = {"engine": [], "posix_spawn": []}
+"""Seconds in the start call itself, per start, for the starters that can tell."""
+
+_ENGINE: Any = None
+
+
+def _engine(i: int) -> bytes:
+    global _ENGINE
+    if _ENGINE is None:
+        from leanpool._runner import _engine as engine_module  # type: ignore[attr-defined]
+
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        path = os.environb.get(b"PATH", b"/bin:/usr/bin")
+        _ENGINE = engine_module.Engine(devnull, dict(os.environb), path, None, True, [])
+    began = time.perf_counter()
+    pid = _ENGINE.spawn(["/bin/sh", "-c", f"echo {i}"])
+    START_CALL["engine"].append(time.perf_counter() - began)
+    while True:
+        _ENGINE.poll(1.0)
+        for done_pid, _status, out, _err, _flags in _ENGINE.take_finished():
+            if done_pid == pid:
+                return bytes(out)
+
 
 def _posix_spawn(i: int) -> bytes:
     read_end, write_end = os.pipe()
     try:
+        began = time.perf_counter()
         pid = os.posix_spawn(
             "/bin/sh",
             ["/bin/sh", "-c", f"echo {i}"],
@@ -44,6 +75,7 @@ def _posix_spawn(i: int) -> bytes:
             file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 1)],
             setsid=True,
         )
+        START_CALL["posix_spawn"].append(time.perf_counter() - began)
     finally:
         os.close(write_end)
     with os.fdopen(read_end, "rb") as out:
@@ -72,6 +104,7 @@ def _popen_fork(i: int) -> bytes:
 
 
 STARTERS: dict[str, Starter] = {
+    "engine": _engine,
     "posix_spawn": _posix_spawn,
     "popen": _popen,
     "popen-fork": _popen_fork,
@@ -142,6 +175,14 @@ def main() -> None:
         median = statistics.median(values)
         summary[name] = {"median_us": median, "min_us": min(values), "ratio": median / best}
         print(f"{name:<12} {median:>16.0f} {min(values):>8.0f} {median / best:>7.2f}")
+    print("the start call alone (the spawner held: its work and the wait for exec), us:")
+    for name, values in START_CALL.items():
+        if values:
+            cut = sorted(values)
+            median, p90 = statistics.median(cut) * 1e6, cut[len(cut) * 9 // 10] * 1e6
+            summary[name]["start_call_median_us"] = median
+            summary[name]["start_call_p90_us"] = p90
+            print(f"{name:<12} median {median:8.0f}   p90 {p90:8.0f}")
     if args.json:
         data = {"meta": meta, "us_per_start": times, "summary": summary}
         Path(args.json).write_text(json.dumps(data, indent=1) + "\n")

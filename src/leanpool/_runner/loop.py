@@ -210,7 +210,8 @@ class Runner:
                 self._take_finished(engine)
             if self.phase is Phase.RUNNING:
                 self._fill()
-                self.reports.skipped()
+                if self.journal is not None:  # only a journal makes tasks skipped
+                    self.reports.skipped()
             wait = self.timers.wait_s()
             if not self.active and self._over():
                 if not self.leftovers.remain():
@@ -237,7 +238,7 @@ class Runner:
                     outbox.flush()
             if engine is not None and engine.finished:  # before deadlines signal them
                 self._take_finished(engine)
-            if self.timers:
+            if self.timers.next_at <= time.monotonic():
                 self._fire_deadlines()
 
     def _take_finished(self, engine: Engine) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import math
 import time
 from typing import Generic, TypeVar
 
@@ -61,6 +62,9 @@ class Timers(Generic[S]):
     def __init__(self) -> None:
         self._heap: list[Deadline[S]] = []
         self._seq = 0
+        self.next_at = math.inf
+        """When the earliest deadline is due (``time.monotonic``), inf with none: the
+        loop's one test per turn."""
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -70,6 +74,7 @@ class Timers(Generic[S]):
         self._seq += 1
         deadline = Deadline(time.monotonic() + delay, self._seq, what, subject)
         heapq.heappush(self._heap, deadline)
+        self.next_at = self._heap[0].at
         return deadline
 
     def wait_s(self) -> float:
@@ -87,6 +92,7 @@ class Timers(Generic[S]):
         fired = []
         while heap and heap[0].at <= now:
             fired.append(heapq.heappop(heap))
+        self.next_at = heap[0].at if heap else math.inf
         return fired
 
     def pending(self, what: When) -> list[Deadline[S]]:
