@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import multiprocessing
 import os
@@ -58,7 +57,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from srcpath import build_engine, use_source_dir  # benchmarks/srcpath.py, beside this file
+from srcpath import (  # benchmarks/srcpath.py, beside this file
+    build_engine,
+    source_hash,
+    use_source_dir,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1536,32 +1539,6 @@ def selfcheck() -> int:
 # -- the run -------------------------------------------------------------------------------
 
 
-def source_hash(package_dir: str) -> tuple[str, int]:
-    """The SHA-256 of a package's source, and the number of files it covers.
-
-    Over every ``*.py`` and ``*.c`` file under package_dir (before the C engine, the
-    hashes recorded on the benchmark pages covered ``*.py`` only), sorted by its path relative to
-    package_dir ("/"-separated): the path, a NUL, the file's size in decimal, a NUL, and
-    its bytes.  Two trees hash alike exactly when they hold the same .py files with the
-    same contents, wherever they are.  To name the commit a hash is of:
-    ``git archive COMMIT src | tar -x -C DIR`` then
-    ``bench.py --source-hash DIR/src/leanpool``.
-    """
-    root = Path(package_dir)
-    files = sorted(
-        (p.relative_to(root).as_posix(), p)
-        for pattern in ("*.py", "*.c")
-        for p in root.rglob(pattern)
-        if p.is_file()
-    )
-    digest = hashlib.sha256()
-    for rel, path in files:
-        data = path.read_bytes()
-        digest.update(f"{rel}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest(), len(files)
-
-
 def _git(*args: str) -> str | None:
     done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE, check=False)
     return done.stdout.strip() if done.returncode == 0 else None
@@ -1736,7 +1713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return selfcheck()
     if args.source_hash:
         sha, files = source_hash(args.source_hash)
-        print(f"{sha}  {args.source_hash} ({files} .py files)")
+        print(f"{sha}  {args.source_hash} ({files} .py and .c files)")
         return 0
     workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
     methods = [m.strip() for m in (args.methods or ",".join(ALL_METHODS)).split(",") if m.strip()]
@@ -1765,7 +1742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dirty = {None: "in an unknown state", True: "has uncommitted changes", False: "is clean"}
     print(
         f"measured: leanpool from {meta['leanpool']}, source sha256 {meta['leanpool_sha256']} "
-        f"({meta['leanpool_py_files']} .py files)\n"
+        f"({meta['leanpool_py_files']} .py and .c files)\n"
         f"checkout: git HEAD {meta['commit']} of the repository holding bench.py, its src/ "
         f"{dirty[meta['checkout_src_dirty']]} (the HEAD is not the code measured with --src)"
     )

@@ -48,7 +48,6 @@ import concurrent.futures as cf
 import contextlib
 import faulthandler
 import functools
-import hashlib
 import json
 import multiprocessing
 import os
@@ -66,7 +65,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from srcpath import use_source_dir  # benchmarks/srcpath.py, beside this file
+from srcpath import source_hash, use_source_dir  # benchmarks/srcpath.py, beside this file
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1592,18 +1591,6 @@ def evaluate_targets(
 
 
 # -- the record ----------------------------------------------------------------------------
-
-
-def source_hash(package_dir: str) -> tuple[str, int]:
-    """SHA-256 of a package's .py files, as ``bench.py --source-hash`` computes it."""
-    root = Path(package_dir)
-    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*.py") if p.is_file())
-    digest = hashlib.sha256()
-    for rel, path in files:
-        data = path.read_bytes()
-        digest.update(f"{rel}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest(), len(files)
 
 
 def _run_text(*argv: str) -> str | None:

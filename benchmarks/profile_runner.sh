@@ -12,10 +12,15 @@
 #   SRC     the src/ directory whose leanpool is profiled (default: this checkout's
 #           src/). To pin a commit:  git archive COMMIT src | tar -x -C DIR  then DIR/src
 # Environment: N1=500 N2=1000 (task counts), P=8 (tasks in flight),
+#              METHOD=engine or python (the runner's C engine, or its pure-Python path;
+#              for runner_cost.py of the C engine's commit and later),
 #              PYTHON (default: the checkout's .venv/bin/python),
 #              RUNNER_COST (default: benchmarks/runner_cost.py next to this script; for
 #              an older SRC, the runner_cost.py of the same commit, which knows how
 #              that runner starts: git archive COMMIT src benchmarks | tar -x -C DIR)
+#
+# Under valgrind the kernel's pidfd_open is missing (ENOSYS), so the runner profiled by
+# callgrind learns of exits through SIGCHLD; strace sees the pidfd path.
 #
 # Needs: a POSIX sh, that Python, and git. Also strace (for the syscall counts) and
 # valgrind with callgrind_annotate (for the instruction counts). If one is missing, it
@@ -54,10 +59,12 @@ drive() {
     shift
     "$python" - "$runner_cost" "$n" "$p" "$src" "$@" <<'EOF'
 import importlib.util
+import os
 import subprocess
 import sys
 
 path, n, p, src, *profiler = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # its helpers beside it
 spec = importlib.util.spec_from_file_location("runner_cost", path)
 assert spec is not None and spec.loader is not None
 runner_cost = importlib.util.module_from_spec(spec)
@@ -75,6 +82,9 @@ class Profiled(subprocess.Popen):
 
 subprocess.Popen = Profiled
 sys.argv = [path, "-n", n, "-p", p, "-r", "1", "--src", src]
+method = os.environ.get("METHOD")
+if method:  # runner_cost.py since the C engine: the engine, the pure-Python runner, the ceiling
+    sys.argv += ["--methods", method]
 runner_cost.main()
 if not started:
     sys.exit("profile_runner.sh: runner_cost.py started no runner with this Python "

@@ -8,6 +8,7 @@ its source tree.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -17,7 +18,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-__all__ = ["build_engine", "use_source_dir"]
+__all__ = ["build_engine", "source_hash", "use_source_dir"]
 
 
 def use_source_dir(argv: list[str]) -> str | None:
@@ -54,3 +55,29 @@ def build_engine(package_dir: str) -> bool:
         check=True,
     )  # fmt: skip
     return True
+
+
+def source_hash(package_dir: str) -> tuple[str, int]:
+    """The SHA-256 of a package's source, and the number of files it covers.
+
+    Over every ``*.py`` and ``*.c`` file under package_dir (before the C engine, the
+    hashes recorded on the benchmark pages covered ``*.py`` only), sorted by its path
+    relative to package_dir ("/"-separated): the path, a NUL, the file's size in decimal,
+    a NUL, and its bytes.  Two trees hash alike exactly when they hold the same .py and .c
+    files with the same contents, wherever they are.  To name the commit a hash is of:
+    ``git archive COMMIT src | tar -x -C DIR`` then
+    ``bench.py --source-hash DIR/src/leanpool``.
+    """
+    root = Path(package_dir)
+    files = sorted(
+        (p.relative_to(root).as_posix(), p)
+        for pattern in ("*.py", "*.c")
+        for p in root.rglob(pattern)
+        if p.is_file()
+    )
+    digest = hashlib.sha256()
+    for rel, path in files:
+        data = path.read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest(), len(files)
