@@ -494,6 +494,20 @@ static int on_event(Engine *self, uint64_t data, uint32_t events) {
 
 /* -- conversions ---------------------------------------------------------------------- */
 
+/* Room for n C strings and their NULL, and a list of n to keep what owns them. */
+static char **new_array(Py_ssize_t n, PyObject **keep) {
+    char **out;
+    *keep = PyList_New(n);
+    out = PyMem_Malloc((size_t)(n + 1) * sizeof *out);
+    if (*keep == NULL || out == NULL) {
+        Py_CLEAR(*keep);
+        PyMem_Free(out);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    return out;
+}
+
 /* A NULL-terminated array of C strings from a list of str or bytes (os.fsencode'd);
  * *keep holds the bytes objects that own them. */
 static char **string_array(PyObject *seq, PyObject **keep, const char *what) {
@@ -502,13 +516,9 @@ static char **string_array(PyObject *seq, PyObject **keep, const char *what) {
     PyObject *fast = PySequence_Fast(seq, what);
     if (fast == NULL) return NULL;
     n = PySequence_Fast_GET_SIZE(fast);
-    *keep = PyList_New(n);
-    out = PyMem_Malloc((size_t)(n + 1) * sizeof *out);
-    if (*keep == NULL || out == NULL) {
+    out = new_array(n, keep);
+    if (out == NULL) {
         Py_DECREF(fast);
-        Py_CLEAR(*keep);
-        PyMem_Free(out);
-        PyErr_NoMemory();
         return NULL;
     }
     for (i = 0; i < n; i++) {
@@ -553,13 +563,9 @@ static char **env_array(PyObject *mapping, PyObject **keep) {
     char **out;
     if (items == NULL) return NULL;
     n = PyList_GET_SIZE(items);
-    *keep = PyList_New(n);
-    out = PyMem_Malloc((size_t)(n + 1) * sizeof *out);
-    if (*keep == NULL || out == NULL) {
+    out = new_array(n, keep);
+    if (out == NULL) {
         Py_DECREF(items);
-        Py_CLEAR(*keep);
-        PyMem_Free(out);
-        PyErr_NoMemory();
         return NULL;
     }
     for (i = 0; i < n; i++) {
