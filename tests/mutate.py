@@ -529,13 +529,6 @@ MUTANTS = (
     ),
     # -- the runner's C engine (a change to _engine.c is built into the copy) -----------
     Mutant(
-        "engine-stale-event-taken",
-        "an event of a command that ended is never taken for its slot's next command's",
-        "src/leanpool/_runner/_engine.c",
-        "    if (p->pid == 0 || p->finished || (uint32_t)(data >> 32) != p->generation)",
-        "    if (p->pid == 0 || p->finished)",
-    ),
-    Mutant(
         "engine-sigpipe-ignored",
         "a command starts with SIGPIPE at its default action (``yes | head`` ends)",
         "src/leanpool/_runner/_engine.c",

@@ -57,6 +57,20 @@ def test_timeout_kills_the_whole_group_and_the_run_goes_on(tmp_path: Path, exit_
     wait_gone([int(hang.stdout)], 2.0)  # the grandchild died with its group
 
 
+def test_a_task_that_exits_0_on_its_timeouts_sigterm_is_still_timed_out() -> None:
+    """A clean exit after the SIGTERM of a timeout is no success: the result says timed
+    out, not ok, with the exit status the task gave."""
+    runner = TaskRunner(2, timeout=0.3)
+    runner.add("polite", "trap 'exit 0' TERM; sleep 30 & wait")
+    runner.add("quick", "true")
+    results = {r.id: r for r in runner.run()}
+    polite = results["polite"]
+    assert polite.timed_out
+    assert not polite.ok
+    assert polite.status == 0
+    assert results["quick"].ok
+
+
 def test_timeout_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None:
     runner = TaskRunner(1, kill_grace=0.3)
     runner.add("stubborn", f"{IGNORES_TERM} & echo $!; wait", timeout=0.3)

@@ -50,16 +50,15 @@
 #define MAX_EVENTS 256
 #define KEEP_BUFFER 65536    /* a finished command's buffer is kept for the next one up to this */
 
-/* What an epoll registration is about: the low two bits of its data.  A command's
- * registrations also carry its slot's index (bits 2-31) and the slot's generation (the
- * high 32 bits), so that an event left over from an earlier command of the slot is
- * known for one (see forget_fd). */
+/* What an epoll registration is about: the low two bits of its data; above them, the
+ * loop's descriptor, or the command's slot in procs.  A command's descriptors are all
+ * unregistered before it is finished (forget_fd), so no event of an earlier command of
+ * a slot comes once the slot is free again. */
 #define TAG_LOOP 0 /* a descriptor of the Python loop's: data >> 2 is the fd */
 #define TAG_OUT 1  /* a command's stdout pipe */
 #define TAG_ERR 2  /* its stderr pipe */
 #define TAG_EXIT 3 /* its pidfd */
-#define TAG_OF(p, idx, tag) \
-    (((uint64_t)(p)->generation << 32) | ((uint64_t)(uint32_t)(idx) << 2) | (tag))
+#define TAG_OF(idx, tag) (((uint64_t)(uint32_t)(idx) << 2) | (tag))
 
 /* flags of a finished command, as take_finished() gives them */
 #define FLAG_OUT_TRUNCATED 1
@@ -91,7 +90,6 @@ typedef struct {
     int finished;
     int leftovers;
     int next_free;
-    uint32_t generation; /* bumped at each start in this slot: tags its registrations */
     Stream out, err;
 } Proc;
 
@@ -100,6 +98,7 @@ typedef struct {
     int epfd;
     int devnull;
     int pidfds;          /* exits are watched through pidfds (else the loop reaps on SIGCHLD) */
+    int fs_utf8;         /* the filesystem encoding is UTF-8: a str's UTF-8 is its argv bytes */
     Py_ssize_t max_output; /* -1: keep everything */
     char **base_env;     /* NULL-terminated "K=V" strings, owned */
     char *path;          /* PATH, for names without a slash */
@@ -133,6 +132,13 @@ typedef struct {
     volatile int stage;   /* 1: chdir, 2: exec */
 } ChildPlan;
 
+/* fd as target in the child: dup2, or, when it has that number already (the runner was
+ * started with that descriptor closed), its close-on-exec flag cleared, which dup2 onto
+ * itself would leave set. */
+static int move_fd(int fd, int target) {
+    return fd == target ? fcntl(fd, F_SETFD, 0) : dup2(fd, target);
+}
+
 /* Runs in the vfork child: only async-signal-safe calls, nothing written but plan->err
  * and plan->stage, and it never returns. */
 static void __attribute__((noreturn, noinline)) child_exec(ChildPlan *plan) {
@@ -146,7 +152,8 @@ static void __attribute__((noreturn, noinline)) child_exec(ChildPlan *plan) {
     sigaction(SIGPIPE, &dfl, NULL);
     sigaction(SIGXFSZ, &dfl, NULL);
     setsid();
-    if (dup2(plan->in_fd, 0) < 0 || dup2(plan->out_fd, 1) < 0 || dup2(plan->err_fd, 2) < 0) {
+    if (move_fd(plan->in_fd, 0) < 0 || move_fd(plan->out_fd, 1) < 0 ||
+        move_fd(plan->err_fd, 2) < 0) {
         plan->stage = 2;
         plan->err = errno;
         _exit(127);
@@ -235,9 +242,21 @@ static int take_slot(Engine *self) {
     int idx;
     if (self->free_head < 0) {
         int n = self->nprocs ? self->nprocs * 2 : 16;
-        Proc *grown = PyMem_Realloc(self->procs, (size_t)n * sizeof *grown);
+        /* The finished list holds each command once at most: room for all of them now,
+         * so that finishing one never needs memory (finish cannot fail). */
+        int *finished = PyMem_Realloc(self->finished, (size_t)n * sizeof *finished);
+        Proc *grown;
+        if (finished == NULL) {
+            errno = ENOMEM;
+            PyErr_SetFromErrno(PyExc_OSError); /* out of resources for now, as EMFILE */
+            return -1;
+        }
+        self->finished = finished;
+        self->finished_cap = n;
+        grown = PyMem_Realloc(self->procs, (size_t)n * sizeof *grown);
         if (grown == NULL) {
-            PyErr_NoMemory();
+            errno = ENOMEM;
+            PyErr_SetFromErrno(PyExc_OSError);
             return -1;
         }
         memset(grown + self->nprocs, 0, (size_t)(n - self->nprocs) * sizeof *grown);
@@ -296,8 +315,8 @@ static void forget_fd(Engine *self, int *fd) {
      * descriptors; on a busy machine the child may wait milliseconds for a CPU): the
      * registration would then report the pipe's hang-up, level-triggered, on every
      * wait until then, and the loop would spin (measured: 50 waits a task on
-     * 1-10 ms tasks).  An event of a command that ended can still come in the same
-     * wait; its generation tag tells (on_event). */
+     * 1-10 ms tasks).  An event of its command that came in the same wait is then
+     * passed over (on_event: the stream is closed, or the command finished). */
     if (*fd >= 0) {
         epoll_ctl(self->epfd, EPOLL_CTL_DEL, *fd, NULL);
         close(*fd);
@@ -308,16 +327,7 @@ static void forget_fd(Engine *self, int *fd) {
 static int finish(Engine *self, int idx) {
     Proc *p = &self->procs[idx];
     if (p->finished) return 0;
-    if (self->nfinished == self->finished_cap) {
-        int n = self->finished_cap ? self->finished_cap * 2 : 16;
-        int *grown = PyMem_Realloc(self->finished, (size_t)n * sizeof *grown);
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        self->finished = grown;
-        self->finished_cap = n;
-    }
+    /* finished_cap >= nprocs (take_slot): there is room. */
     p->finished = 1;
     self->finished[self->nfinished++] = idx;
     return 0;
@@ -424,7 +434,7 @@ static int watch_exit(Engine *self, int idx) {
     fd = (int)syscall(SYS_pidfd_open, p->pid, 0);
     if (fd < 0) return -1;
     ev.events = EPOLLIN;
-    ev.data.u64 = TAG_OF(p, idx, TAG_EXIT);
+    ev.data.u64 = TAG_OF(idx, TAG_EXIT);
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         int saved = errno;
         close(fd);
@@ -474,12 +484,11 @@ static int on_stream(Engine *self, int idx, Stream *s, uint32_t events) {
 }
 
 static int on_event(Engine *self, uint64_t data, uint32_t events) {
-    int idx = (int)((data >> 2) & 0x3FFFFFFF);
+    int idx = (int)(data >> 2);
     Proc *p;
-    if (idx >= self->nprocs) return 0;
+    if (idx < 0 || idx >= self->nprocs) return 0;
     p = &self->procs[idx];
-    if (p->pid == 0 || p->finished || (uint32_t)(data >> 32) != p->generation)
-        return 0; /* of a command that ended: its pipe's copy in a new child lingers */
+    if (p->pid == 0 || p->finished) return 0; /* ended earlier in the same wait */
     switch (data & 3) {
     case TAG_OUT:
         return on_stream(self, idx, &p->out, events);
@@ -510,7 +519,7 @@ static char **new_array(Py_ssize_t n, PyObject **keep) {
 
 /* A NULL-terminated array of C strings from a list of str or bytes (os.fsencode'd);
  * *keep holds the bytes objects that own them. */
-static char **string_array(PyObject *seq, PyObject **keep, const char *what) {
+static char **string_array(PyObject *seq, PyObject **keep, const char *what, int fs_utf8) {
     Py_ssize_t i, n;
     char **out;
     PyObject *fast = PySequence_Fast(seq, what);
@@ -525,9 +534,10 @@ static char **string_array(PyObject *seq, PyObject **keep, const char *what) {
         PyObject *item = PySequence_Fast_GET_ITEM(fast, i), *bytes;
         Py_ssize_t size;
         const char *text = NULL;
-        if (PyUnicode_CheckExact(item)) {
-            /* The str's own UTF-8, kept by the str: the filesystem encoding's bytes
-             * unless it holds surrogate escapes (then os.fsencode's path below). */
+        if (fs_utf8 && PyUnicode_CheckExact(item)) {
+            /* The str's own UTF-8, kept by the str: with a UTF-8 filesystem encoding,
+             * os.fsencode's bytes, unless it holds surrogate escapes (then os.fsencode's
+             * own path below, as for any other encoding). */
             text = PyUnicode_AsUTF8AndSize(item, &size);
             if (text == NULL) PyErr_Clear();
         }
@@ -654,14 +664,16 @@ static void Engine_dealloc(Engine *self) {
 static int set_caught(Engine *self, PyObject *caught);
 
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"devnull", "env", "path", "max_output", "pidfds", "caught", NULL};
-    int devnull, pidfds;
+    static char *kwlist[] = {"devnull", "env",    "path",    "max_output",
+                             "pidfds",  "caught", "fs_utf8", NULL};
+    int devnull, pidfds, fs_utf8 = 0;
     PyObject *env, *path, *max_output, *caught, *keep = NULL;
     char **strings;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOpO", kwlist, &devnull, &env, &path,
-                                     &max_output, &pidfds, &caught))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOpO|p", kwlist, &devnull, &env, &path,
+                                     &max_output, &pidfds, &caught, &fs_utf8))
         return -1;
+    self->fs_utf8 = fs_utf8;
     if (self->epfd >= 0) {
         PyErr_SetString(PyExc_RuntimeError, "an Engine is initialised once");
         return -1;
@@ -849,7 +861,7 @@ static PyObject *Engine_spawn(Engine *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "I/O operation on a closed Engine");
         return NULL;
     }
-    argv = string_array(argv_obj, &argv_keep, "argv must be a sequence");
+    argv = string_array(argv_obj, &argv_keep, "argv must be a sequence", self->fs_utf8);
     if (argv == NULL) goto fail;
     if (argv[0] == NULL) {
         PyErr_SetString(PyExc_ValueError, "argv must not be empty");
@@ -927,10 +939,9 @@ static PyObject *Engine_spawn(Engine *self, PyObject *args) {
     p->err.fd = err[0];
     out[0] = err[0] = -1;
     ev.events = EPOLLIN;
-    p->generation++;
-    ev.data.u64 = TAG_OF(p, idx, TAG_OUT);
+    ev.data.u64 = TAG_OF(idx, TAG_OUT);
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, p->out.fd, &ev) == 0) {
-        ev.data.u64 = TAG_OF(p, idx, TAG_ERR);
+        ev.data.u64 = TAG_OF(idx, TAG_ERR);
         if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, p->err.fd, &ev) == 0) goto started;
     }
     /* The epoll set is full (max_user_watches): undo the start. */
@@ -988,16 +999,13 @@ static PyObject *Engine_take_finished(Engine *self, PyObject *Py_UNUSED(ignored)
                 PyTuple_GET_ITEM(item, 4) == NULL)
                 Py_CLEAR(item);
         }
-        if (item == NULL) {
-            /* keep the rest for the next call */
-            memmove(self->finished, self->finished + i, (size_t)(self->nfinished - i) * sizeof(int));
-            self->nfinished -= i;
+        if (item == NULL) { /* nothing is let go: all of them come with the next call */
             Py_DECREF(done);
             return NULL;
         }
         PyList_SET_ITEM(done, i, item);
-        free_slot(self, idx);
     }
+    for (i = 0; i < self->nfinished; i++) free_slot(self, self->finished[i]);
     self->nfinished = 0;
     return done;
 }
@@ -1052,17 +1060,33 @@ static PyObject *Engine_exited(Engine *self, PyObject *args) {
 
 static int set_caught(Engine *self, PyObject *caught) {
     Py_ssize_t i;
+    int sig;
+    char seen[NSIG] = {0};
     PyObject *fast = PySequence_Fast(caught, "caught must be a sequence of signal numbers");
     if (fast == NULL) return -1;
     self->ncaught = 0;
+    /* What the kernel says has a handler (faulthandler's, another extension's), besides
+     * what the signal module installed (the list given). */
+    for (sig = 1; sig < NSIG; sig++) {
+        struct sigaction current;
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &current) != 0) continue;
+        if (!(current.sa_flags & SA_SIGINFO) && (current.sa_handler == SIG_DFL ||
+                                                 current.sa_handler == SIG_IGN))
+            continue;
+        seen[sig] = 1;
+        self->caught[self->ncaught++] = sig;
+    }
     for (i = 0; i < PySequence_Fast_GET_SIZE(fast) && self->ncaught < NSIG; i++) {
-        long sig = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (sig == -1 && PyErr_Occurred()) {
+        long number = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (number == -1 && PyErr_Occurred()) {
             Py_DECREF(fast);
             return -1;
         }
-        if (sig > 0 && sig < NSIG && sig != SIGKILL && sig != SIGSTOP)
-            self->caught[self->ncaught++] = (int)sig;
+        if (number > 0 && number < NSIG && number != SIGKILL && number != SIGSTOP &&
+            !seen[number]) {
+            seen[number] = 1;
+            self->caught[self->ncaught++] = (int)number;
+        }
     }
     Py_DECREF(fast);
     return 0;

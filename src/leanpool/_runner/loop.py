@@ -224,7 +224,13 @@ class Runner:
                 if outbox.caller_gone:
                     self._caller_gone()
                     continue
-            for fd, events in poll(wait):
+            ready = poll(wait)
+            if engine is not None and engine.finished:
+                # Reaped in that poll: complete them before the loop's own events are
+                # acted on, since a stop or a cancel among them would take a command
+                # that ended for a running one (and signal the group of a reaped leader).
+                self._take_finished(engine)
+            for fd, events in ready:
                 owner = by_fd.get(fd)
                 if owner is not None:
                     owner.on_event(fd, events)
@@ -236,7 +242,7 @@ class Runner:
                     self._on_control()
                 elif fd == 1:
                     outbox.flush()
-            if engine is not None and engine.finished:  # before deadlines signal them
+            if engine is not None and engine.finished:  # SIGCHLD's reaping, an abandon
                 self._take_finished(engine)
             if self.timers.next_at <= time.monotonic():
                 self._fire_deadlines()
@@ -687,6 +693,9 @@ class Runner:
 
     def _kill_all(self) -> None:
         """On the way out: no task group, and no worker, outlives the runner."""
+        if self.engine is not None:  # those the engine reaped have no group to kill
+            for pid, *_ in self.engine.take_finished():
+                self.active.pop(pid, None)
         self.leftovers.kill_all()
         for pid in self.active:
             signal_group(pid, signal.SIGKILL)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .._protocol.tasks import CommandTask, parse_line
@@ -172,7 +173,10 @@ def make_engine(
     path = base_env.get(b"PATH")
     if path is None:  # posix_spawnp's default search path
         path = (os.confstr("CS_PATH") or "/bin:/usr/bin").encode()
-    engine: Engine = _engine.Engine(devnull, base_env, path, max_output, pidfds, caught_signals())
+    fs_utf8 = sys.getfilesystemencoding() == "utf-8"  # else argv goes by os.fsencode's way
+    engine: Engine = _engine.Engine(
+        devnull, base_env, path, max_output, pidfds, caught_signals(), fs_utf8
+    )
     return engine
 
 
