@@ -53,7 +53,7 @@ def _engine(i: int) -> bytes:
 
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         path = os.environb.get(b"PATH", b"/bin:/usr/bin")
-        _ENGINE = engine_module.Engine(devnull, dict(os.environb), path, None, True, [])
+        _ENGINE = engine_module.Engine(devnull, dict(os.environb), path, None, True)
     began = time.perf_counter()
     pid = _ENGINE.spawn(["/bin/sh", "-c", f"echo {i}"])
     START_CALL["engine"].append(time.perf_counter() - began)

@@ -580,9 +580,9 @@ MUTANTS = (
     Mutant(
         "short-way-ignores-timeout",
         "a timed-out command is reported timed out, even when it exits 0 on SIGTERM",
-        "src/leanpool/_runner/loop.py",
-        "                and not (child.timed_out or child.cancelled or child.abandoned)",
-        "                and not (child.cancelled or child.abandoned)",
+        "src/leanpool/_runner/results.py",
+        "        or child.timed_out\n",
+        "",
     ),
     Mutant(
         "pure-python-switch-ignored",

@@ -167,22 +167,27 @@ def test_with_a_journal_a_repeated_id_stops_the_run_naming_both_lines(tmp_path: 
     assert [r.id for r in got] == ["a"]
 
 
-def test_the_runner_refuses_a_caller_that_breaks_the_control_protocol(tmp_path: Path) -> None:
+def _runner_argv(spool: Path, *, stream: bool) -> list[str]:
+    """The argv of a lean runner of this spool, started directly (no TaskRunner)."""
     from leanpool._caller.options import make_options
     from leanpool._caller.process import runner_command
 
-    spool = tmp_path / "spool.jsonl"
-    spool.write_bytes(b"")
     config = {
         "options": make_options(parallel=2),
-        "input": {"path": str(spool), "format": "jsonl", "stream": True},
+        "input": {"path": str(spool), "format": "jsonl", "stream": stream},
         "ordered": False,
         "cleanup_dir": None,
         "cluster": None,
         "spill_dir": None,
     }
+    return runner_command(config)  # type: ignore[arg-type]
+
+
+def test_the_runner_refuses_a_caller_that_breaks_the_control_protocol(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    spool.write_bytes(b"")
     proc = subprocess.run(
-        runner_command(config),  # type: ignore[arg-type]
+        _runner_argv(spool, stream=True),
         input=b'{"leanpool": "more", "offset": 10}\n{"leanpool": "more", "offset": 5}\n',
         capture_output=True,
         timeout=30,
@@ -200,21 +205,10 @@ def test_the_start_record_says_which_path_the_runner_takes(
 ) -> None:
     """``engine``: the C engine wherever it was built (a failure to load it must not pass
     for the pure-Python fallback); ``python``: our switch is obeyed."""
-    from leanpool._caller.options import make_options
-    from leanpool._caller.process import runner_command
-
     spool = tmp_path / "spool.jsonl"
     spool.write_bytes(b'{"id": 1, "cmd": "echo 1"}\n')
-    config = {
-        "options": make_options(parallel=2),
-        "input": {"path": str(spool), "format": "jsonl", "stream": False},
-        "ordered": False,
-        "cleanup_dir": None,
-        "cluster": None,
-        "spill_dir": None,
-    }
     with subprocess.Popen(
-        runner_command(config),  # type: ignore[arg-type]
+        _runner_argv(spool, stream=False),
         stdin=subprocess.PIPE,  # open until the end: its EOF would stop the run
         stdout=subprocess.PIPE,
     ) as proc:

@@ -23,7 +23,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from leanpool._protocol.records import decode_output, encode_line
-from leanpool._runner.piped import caught_signals
 from tests.helpers import load_engine
 
 E = load_engine()
@@ -33,7 +32,7 @@ E = load_engine()
 def engine() -> Iterator[Any]:
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     made = E.Engine(
-        devnull, dict(os.environb), os.environb.get(b"PATH", b"/bin:/usr/bin"), None, True, []
+        devnull, dict(os.environb), os.environb.get(b"PATH", b"/bin:/usr/bin"), None, True
     )
     yield made
     made.close()
@@ -148,7 +147,7 @@ def test_path_is_searched_in_order_and_eacces_is_remembered(tmp_path: Path) -> N
     (second / "tool").chmod(0o755)
     (first / "only-here").write_text("#!/bin/sh\necho x\n")
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    engine = E.Engine(devnull, dict(os.environb), f"{first}:{second}".encode(), None, True, [])
+    engine = E.Engine(devnull, dict(os.environb), f"{first}:{second}".encode(), None, True)
     try:
         assert _run(engine, (["tool"],))[0][1] == b"second\n"
         with pytest.raises(E.ExecError) as denied:
@@ -171,7 +170,7 @@ def test_output_of_any_size_is_drained_whole(engine: Any) -> None:
 
 def test_max_output_keeps_the_first_bytes_and_says_so() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    engine = E.Engine(devnull, dict(os.environb), b"/bin:/usr/bin", 1000, True, [])
+    engine = E.Engine(devnull, dict(os.environb), b"/bin:/usr/bin", 1000, True)
     try:
         results = _run(engine, (["sh", "-c", "seq 100000; echo e >&2"],))
         _status, out, err, flags = results[0]
@@ -221,7 +220,7 @@ def test_handlers_go_back_to_default_and_ignored_signals_stay_ignored() -> None:
     previous = signal.signal(signal.SIGUSR1, lambda *_: None)
     ignored = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    engine = E.Engine(devnull, dict(os.environb), b"/bin:/usr/bin", None, True, caught_signals())
+    engine = E.Engine(devnull, dict(os.environb), b"/bin:/usr/bin", None, True)
     try:
         results = _run(engine, (["sh", "-c", "grep -E '^Sig(Ign|Cgt|Blk)' /proc/self/status"],))
         fields = dict(line.split(":\t") for line in results[0][1].decode().splitlines())

@@ -661,17 +661,16 @@ static void Engine_dealloc(Engine *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int set_caught(Engine *self, PyObject *caught);
+static void note_handlers(Engine *self);
 
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"devnull", "env",    "path",    "max_output",
-                             "pidfds",  "caught", "fs_utf8", NULL};
+    static char *kwlist[] = {"devnull", "env", "path", "max_output", "pidfds", "fs_utf8", NULL};
     int devnull, pidfds, fs_utf8 = 0;
-    PyObject *env, *path, *max_output, *caught, *keep = NULL;
+    PyObject *env, *path, *max_output, *keep = NULL;
     char **strings;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOpO|p", kwlist, &devnull, &env, &path,
-                                     &max_output, &pidfds, &caught, &fs_utf8))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOOp|p", kwlist, &devnull, &env, &path,
+                                     &max_output, &pidfds, &fs_utf8))
         return -1;
     self->fs_utf8 = fs_utf8;
     if (self->epfd >= 0) {
@@ -708,7 +707,7 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
             return -1;
         }
     }
-    if (set_caught(self, caught) < 0) return -1;
+    note_handlers(self);
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (self->epfd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -1058,42 +1057,24 @@ static PyObject *Engine_exited(Engine *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static int set_caught(Engine *self, PyObject *caught) {
-    Py_ssize_t i;
+/* Which signals have a handler in the runner now, as the kernel says: those the signal
+ * module installed, and any other (faulthandler's, an extension's).  A started command
+ * gets them back at SIG_DFL before it execs. */
+static void note_handlers(Engine *self) {
     int sig;
-    char seen[NSIG] = {0};
-    PyObject *fast = PySequence_Fast(caught, "caught must be a sequence of signal numbers");
-    if (fast == NULL) return -1;
     self->ncaught = 0;
-    /* What the kernel says has a handler (faulthandler's, another extension's), besides
-     * what the signal module installed (the list given). */
     for (sig = 1; sig < NSIG; sig++) {
         struct sigaction current;
         if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &current) != 0) continue;
-        if (!(current.sa_flags & SA_SIGINFO) && (current.sa_handler == SIG_DFL ||
-                                                 current.sa_handler == SIG_IGN))
+        if (!(current.sa_flags & SA_SIGINFO) &&
+            (current.sa_handler == SIG_DFL || current.sa_handler == SIG_IGN))
             continue;
-        seen[sig] = 1;
         self->caught[self->ncaught++] = sig;
     }
-    for (i = 0; i < PySequence_Fast_GET_SIZE(fast) && self->ncaught < NSIG; i++) {
-        long number = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (number == -1 && PyErr_Occurred()) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        if (number > 0 && number < NSIG && number != SIGKILL && number != SIGSTOP &&
-            !seen[number]) {
-            seen[number] = 1;
-            self->caught[self->ncaught++] = (int)number;
-        }
-    }
-    Py_DECREF(fast);
-    return 0;
 }
 
-static PyObject *Engine_set_caught(Engine *self, PyObject *caught) {
-    if (set_caught(self, caught) < 0) return NULL;
+static PyObject *Engine_note_handlers(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    note_handlers(self);
     Py_RETURN_NONE;
 }
 
@@ -1139,9 +1120,9 @@ static PyMethodDef Engine_methods[] = {
      "watched (False: out of descriptors, as watch_exit)."},
     {"exited", (PyCFunction)Engine_exited, METH_VARARGS,
      "exited(pid, status): the loop reaped this command (SIGCHLD, no pidfds)."},
-    {"set_caught", (PyCFunction)Engine_set_caught, METH_O,
-     "set_caught(signals): the signals the runner handles; a started command gets them "
-     "back at SIG_DFL."},
+    {"note_handlers", (PyCFunction)Engine_note_handlers, METH_NOARGS,
+     "note_handlers(): look again at which signals have a handler (after installing "
+     "one); a started command gets them back at SIG_DFL."},
     {"fileno", (PyCFunction)Engine_fileno, METH_NOARGS, "The epoll descriptor."},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "Close the epoll descriptor."},
     {NULL, NULL, 0, NULL},

@@ -42,15 +42,19 @@ from .leftovers import Leftovers
 from .outbox import OUTPUT_BACKLOG, Outbox
 from .piped import (
     PipedChild,
-    caught_signals,
-    encode_result,
     file_checker,
     line_parser,
     make_engine,
 )
 from .reaping import pidfds_work, reap_ready, signal_group
 from .reports import InputReports, end_record, fatal_record
-from .results import SPILL_OVER, cancelled_result, result_of, signal_name, unstarted_result
+from .results import (
+    cancelled_result,
+    plain_lines,
+    result_of,
+    signal_name,
+    unstarted_result,
+)
 from .schedule import Attempt, Schedule
 from .spawn import SpawnError, devnull
 from .timers import Timers, When
@@ -257,34 +261,25 @@ class Runner:
         other end goes through ``_complete``, as any kind of child's does.
         """
         active = self.active
-        encode = encode_result if self.halt_rule is None else None
+        short = self.halt_rule is None
         journal = self.journal
-        spill_over = SPILL_OVER if self.spill_dir is not None else None
+        spill_dir = self.spill_dir
         now = time.monotonic()  # each of them was reaped in the poll that just ended
         for pid, status, stdout, stderr, flags in engine.take_finished():
             child = active.get(pid)
             if type(child) is not PipedChild:
                 continue
-            line = None
-            if (
-                encode is not None
-                and not (status or flags or child.slot)
-                and child.attempt == 1
-                and not (child.timed_out or child.cancelled or child.abandoned)
-                and (spill_over is None or max(len(stdout), len(stderr)) < spill_over)
-            ):
-                task = child.task
-                line = encode(task.id, 0, now - child.started, stdout, stderr, None)
-            if line is None:
+            lines = None
+            if short and not (status or flags or child.slot or child.abandoned):
+                digest = child.task.digest if journal is not None else None
+                lines = plain_lines(child, 0, stdout, stderr, spill_dir, digest, now)
+            if lines is None:
                 child.ended(status, stdout, stderr, flags)
                 self._complete(child)
                 continue
             del active[pid]
             child.done = True
-            journal_line = None
-            if journal is not None:
-                journal_line = encode(task.id, 0, now - child.started, stdout, stderr, task.digest)  # type: ignore[misc]
-            self.outbox.line(line, journal_line, child.seq)
+            self.outbox.line(lines[0], lines[1], child.seq)
             self.completed += 1
 
     def _over(self) -> bool:
@@ -500,7 +495,7 @@ class Runner:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, self._on_stop_signal)
         if self.engine is not None:  # a command must not start with a handler of ours
-            self.engine.set_caught(caught_signals())
+            self.engine.note_handlers()
         self.epoll.register(wake_r, EPOLLIN)
         # EOF on stdin means the caller is gone; a stdin that is not a pipe cannot say so.
         with contextlib.suppress(OSError):

@@ -16,19 +16,17 @@ descriptor of its own, done once the engine hands over its end (``take_finished`
 
 from __future__ import annotations
 
-import errno
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .._protocol.tasks import CommandTask, parse_line
 from .children import Child, Outcome
-from .spawn import SpawnError, status_for
+from .spawn import OUT_OF_RESOURCES, SpawnError, status_for
 from .timers import When
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
 
     from .._protocol.config import TaskFormat
     from .._protocol.tasks import Task
@@ -36,19 +34,19 @@ if TYPE_CHECKING:
     from .spawn import Environ
 
 __all__ = [
+    "PURE_PYTHON_ENV",
     "Engine",
     "PipedChild",
     "Poller",
-    "caught_signals",
     "encode_result",
     "engine_available",
+    "file_checker",
+    "line_parser",
     "make_engine",
     "start_piped",
 ]
 
 PURE_PYTHON_ENV: Final = "LEANPOOL_PURE_PYTHON"
-
-_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 
 
 class Poller(Protocol):
@@ -87,7 +85,8 @@ class Engine(Poller, Protocol):
 
     def exited(self, pid: int, status: int, /) -> None: ...
 
-    def set_caught(self, signals: Iterable[int], /) -> None: ...
+    def note_handlers(self) -> None:
+        """Look again at which signals have a handler: a command gets them at SIG_DFL."""
 
 
 try:
@@ -150,20 +149,6 @@ def engine_available() -> bool:
     return _engine is not None
 
 
-def caught_signals() -> list[int]:
-    """The signals the runner handles in Python: a started command gets them back at
-    SIG_DFL (a signal the runner ignores stays ignored, as across any exec)."""
-    caught = []
-    for sig in signal.valid_signals():
-        try:
-            handler = signal.getsignal(sig)
-        except (ValueError, OSError):
-            continue
-        if callable(handler):
-            caught.append(int(sig))
-    return caught
-
-
 def make_engine(
     devnull: int, base_env: Environ, max_output: int | None, *, pidfds: bool
 ) -> Engine | None:
@@ -174,9 +159,7 @@ def make_engine(
     if path is None:  # posix_spawnp's default search path
         path = (os.confstr("CS_PATH") or "/bin:/usr/bin").encode()
     fs_utf8 = sys.getfilesystemencoding() == "utf-8"  # else argv goes by os.fsencode's way
-    engine: Engine = _engine.Engine(
-        devnull, base_env, path, max_output, pidfds, caught_signals(), fs_utf8
-    )
+    engine: Engine = _engine.Engine(devnull, base_env, path, max_output, pidfds, fs_utf8)
     return engine
 
 
@@ -198,7 +181,7 @@ def start_piped(
     except _engine.WatchError as exc:
         raise SpawnError(126, f"cannot watch the task: {exc.strerror}") from None
     except _engine.ExecError as exc:
-        if exc.errno in _OUT_OF_RESOURCES:
+        if exc.errno in OUT_OF_RESOURCES:
             raise OSError(exc.errno, exc.strerror) from None
         raise SpawnError(status_for(exc), f"cannot run {argv[0]!r}: {exc.strerror}") from None
     except ValueError as exc:  # "embedded null byte", mostly

@@ -25,6 +25,7 @@ __all__ = [
     "SPILL_OVER",
     "Built",
     "cancelled_result",
+    "plain_lines",
     "result_of",
     "signal_name",
     "unstarted_result",
@@ -77,23 +78,11 @@ def result_of(
     """
     status = outcome.status
     out, err = outcome.stdout, outcome.stderr
-    if (
-        encode_result is not None
-        and status >= 0
-        and child.attempt == 1
-        and outcome.fields is None
-        and outcome.stdout_file is None
-        and not (outcome.stdout_truncated or outcome.stderr_truncated)
-        and not (child.timed_out or child.cancelled)
-        and (spill_dir is None or (len(out) < SPILL_OVER and len(err) < SPILL_OVER))
-    ):
-        duration = time.monotonic() - child.started
-        line = encode_result(child.task.id, status, duration, out, err, None)
-        if line is not None:
-            journal_line = None
-            if digest is not None:
-                journal_line = encode_result(child.task.id, status, duration, out, err, digest)
-            return Built.encoded(line, journal_line, ok=status == 0)
+    plain = outcome.fields is None and outcome.stdout_file is None
+    if plain and not (outcome.stdout_truncated or outcome.stderr_truncated):
+        lines = plain_lines(child, status, out, err, spill_dir, digest)
+        if lines is not None:
+            return Built.encoded(*lines, ok=status == 0)
     ok = status == 0 and not child.timed_out
     record: ResultRecord = {
         "id": child.task.id,
@@ -149,6 +138,40 @@ def _read_back(path: str) -> str:
     finally:
         os.close(fd)
     return binascii.b2a_base64(b"".join(chunks), newline=False).decode("ascii")
+
+
+def plain_lines(
+    child: Child,
+    status: int,
+    out: bytes,
+    err: bytes,
+    spill_dir: str | None,
+    digest: str | None,
+    now: float | None = None,
+) -> tuple[bytes, bytes | None] | None:
+    """The plain record's line, and the journal's (with ``digest``), encoded in C.
+
+    The plain record is a first attempt's that exited on its own (no signal, no timeout,
+    no cancel), its outputs UTF-8 and inline (under ``SPILL_OVER`` with a spill_dir), and
+    the caller vouches for the rest (not cut by max_output, no files, no call fields):
+    only the fields every result has.  None where Python must build the record, or
+    without the engine.  ``now``: when the attempt was seen to end, if known.
+    """
+    if (
+        encode_result is None
+        or status < 0
+        or child.attempt != 1
+        or child.timed_out
+        or child.cancelled
+        or (spill_dir is not None and (len(out) >= SPILL_OVER or len(err) >= SPILL_OVER))
+    ):
+        return None
+    duration = (time.monotonic() if now is None else now) - child.started
+    task_id = child.task.id
+    line = encode_result(task_id, status, duration, out, err, None)
+    if line is None or digest is None:
+        return None if line is None else (line, None)
+    return line, encode_result(task_id, status, duration, out, err, digest)
 
 
 def cancelled_result(task_id: str | int, attempt: int) -> Built:

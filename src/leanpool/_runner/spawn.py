@@ -15,13 +15,23 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Environ", "ProcessSpec", "SpawnError", "devnull", "merged_env", "start_process"]
+__all__ = [
+    "OUT_OF_RESOURCES",
+    "Environ",
+    "ProcessSpec",
+    "SpawnError",
+    "devnull",
+    "merged_env",
+    "start_process",
+    "status_for",
+]
 
 _RESET_TO_DEFAULT: Final = (signal.SIGPIPE, signal.SIGXFSZ)
 """Python ignores these at start-up; a child must get the default action back, as
 subprocess does with restore_signals=True, or ``yes | head`` would never end."""
 
-_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+"""A start that failed for one of these may work later: the loop waits, or runs fewer."""
 
 Environ: TypeAlias = "Mapping[bytes, bytes]"
 """An environment as posix_spawn takes it fastest: bytes to bytes, nothing to encode."""
@@ -116,7 +126,7 @@ def start_process(spec: ProcessSpec, home_fd: int) -> int:
             setsigdef=_RESET_TO_DEFAULT,
         )
     except OSError as exc:
-        if exc.errno in _OUT_OF_RESOURCES:
+        if exc.errno in OUT_OF_RESOURCES:
             raise
         raise SpawnError(status_for(exc), f"cannot run {argv[0]!r}: {exc.strerror}") from None
     except ValueError as exc:  # "embedded null byte", mostly
