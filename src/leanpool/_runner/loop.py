@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 from .._errors import TaskFileError
 from .._protocol.journal import Journal
 from .._protocol.records import PROTOCOL_VERSION, encode_line
+from .._protocol.tasks import CommandTask
 from .calls import WorkerPool
 from .children import Child
 from .intake import Intake
@@ -45,6 +46,7 @@ from .piped import (
     file_checker,
     line_parser,
     make_engine,
+    start_piped,
 )
 from .reaping import pidfds_work, reap_ready, signal_group
 from .reports import InputReports, end_record, fatal_record
@@ -164,6 +166,11 @@ class Runner:
         self._timeout = options["timeout"]
         self._workers: WorkerPool | None = None
         self._cancelled: set[str | int] = set()
+        self._piped_lane = self.engine is not None and self.output_dir is None
+        """Whether a command with no stdin and no env of its own goes straight to the engine
+        (``start_piped``), as ``shell.start_shell`` would send it, without its layer."""
+        if self.slot_env is not None:
+            self._piped_lane = False
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -333,7 +340,16 @@ class Runner:
     def _start(self, task: Task, seq: int, attempt: int) -> bool:
         """Start one attempt; False when the system is out of resources for now."""
         try:
-            child = CHILD_KINDS[type(task)](task, seq, attempt, self)
+            if (
+                self._piped_lane
+                and type(task) is CommandTask
+                and task.stdin is None
+                and task.env is None
+            ):
+                assert self.engine is not None  # _piped_lane says so
+                child: Child = start_piped(self.engine, task, seq, attempt, self, None)
+            else:
+                child = CHILD_KINDS[type(task)](task, seq, attempt, self)
         except SpawnError as exc:
             self._unstarted(task, seq, attempt, exc.status, exc.message)
             return True
@@ -348,7 +364,7 @@ class Runner:
             return False
         self.schedule.started()
         self.active[child.pid] = child
-        if child.running:
+        if child.running and (self._timeout is not None or task.timeout is not None):
             self._arm_timeout(child)
         return True
 
