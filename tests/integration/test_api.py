@@ -277,10 +277,31 @@ def test_runner_imports_nothing_but_the_standard_library(runner_path: str) -> No
         & modules
     )
     assert "leanpool._runner.calls" in ours
+    # Start-up time: traceback (with linecache and tokenize) only on an unexpected failure.
+    assert "traceback" not in modules
     # Its C engine is part of its own package (tests/unit/test_engine.py: it links
     # nothing but the C library).
     built = importlib.util.find_spec("leanpool._runner._engine") is not None
     assert ("leanpool._runner._engine" in ours) == (built and runner_path == "engine")
+
+
+def test_an_unexpected_runner_failure_is_one_fatal_record_and_a_traceback() -> None:
+    """A failure the runner has no words for (here, a config without its options) still
+    ends in one ``fatal`` record on stdout, and its traceback goes to stderr."""
+    import subprocess
+
+    from leanpool._caller.process import runner_command
+
+    argv = runner_command({})  # type: ignore[typeddict-item]
+    argv[-1] = "{}"
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    (line,) = done.stdout.splitlines()
+    record = json.loads(line)
+    assert record["leanpool"] == "fatal"
+    assert record["message"] == "KeyError: 'options'"
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "KeyError: 'options'" in done.stderr
 
 
 def test_task_that_closes_its_pipes_before_exiting(exit_watch: str) -> None:

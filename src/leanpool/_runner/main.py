@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import sys
-import traceback
 from typing import TYPE_CHECKING, Protocol
 
 from .._errors import JournalError, TaskFileError
@@ -65,6 +64,8 @@ def run_main(argv: list[str], make: Callable[[RunnerConfig], Run]) -> int:
     except OSError as exc:
         _fatal(run, "runner", f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc))
     except Exception as exc:
+        import traceback  # here only: with linecache and tokenize, 2 ms of every start
+
         traceback.print_exc()
         _fatal(run, "runner", f"{type(exc).__name__}: {exc}")
     return 1
