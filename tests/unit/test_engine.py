@@ -453,21 +453,3 @@ def test_the_c_validation_pass_counts_lines_and_stops_where_python_must_look(
     path.write_bytes(b'{"id": 1, "cmd": "a"}\n{"id": 2, "cmd": "b"}')  # no last newline
     with open(path, "rb") as f:
         assert E.check_plain_lines(f.fileno(), path.stat().st_size) == (path.stat().st_size, 2, 2)
-
-
-def test_a_piped_child_sets_every_field_a_child_sets() -> None:
-    """PipedChild sets Child's fields itself (no call to Child.__init__, on the hot
-    path): it must set the same ones, to the same values."""
-    from leanpool._protocol.tasks import CommandTask
-    from leanpool._runner.children import Child
-    from leanpool._runner.piped import PipedChild
-
-    task = CommandTask(7, ["true"], shell=False, line=3)
-    plain = Child.__new__(PipedChild)
-    Child.__init__(plain, task, 4, 2, 1234)
-    piped = PipedChild(task, 4, 2, 1234, None, None)  # type: ignore[arg-type]
-    for name in Child.__slots__:
-        assert hasattr(piped, name), name
-        if name != "started":
-            assert getattr(piped, name) == getattr(plain, name), name
-    assert abs(piped.started - plain.started) < 5
