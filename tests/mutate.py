@@ -302,14 +302,10 @@ MUTANTS = (
         "run-yields-nothing",
         "run() yields every result",
         "src/leanpool/_api.py",
-        "                    if result is not None:\n                        yield result\n"
-        "                        state.after_result()\n                state.finish(runner)\n"
-        "            finally:\n                self._process = None\n                state.close_bar()\n"
-        "                runner.close()",
-        "                    if result is not None:\n                        pass\n"
-        "                        state.after_result()\n                state.finish(runner)\n"
-        "            finally:\n                self._process = None\n                state.close_bar()\n"
-        "                runner.close()",
+        "                        yield state.result(event)\n"
+        "                        if spool.offset != state.announced:",
+        "                        state.result(event)\n"
+        "                        if spool.offset != state.announced:",
     ),
     # -- calls and their workers ---------------------------------------------------------
     Mutant(
@@ -449,11 +445,11 @@ MUTANTS = (
         "end-input-too-early",
         "a task added from the loop body runs in the same run",
         "src/leanpool/_api.py",
-        "        if self.spool.offset != self.announced:  # the loop body added tasks\n"
-        "            self._announce()",
-        "        if self.spool.offset != self.announced:  # the loop body added tasks\n"
-        "            self.runner.end_input(self.announced)  # type: ignore[union-attr]\n"
-        "            self._announce()",
+        "                        if spool.offset != state.announced:  # the loop body added tasks\n"
+        "                            state.announce()",
+        "                        if spool.offset != state.announced:  # the loop body added tasks\n"
+        "                            runner.end_input(state.announced)\n"
+        "                            state.announce()",
     ),
     # -- the protocol ---------------------------------------------------------------------
     Mutant(

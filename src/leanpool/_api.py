@@ -278,11 +278,14 @@ class TaskRunner:
             runner = self._process = RunnerProcess(state.config, state.workdir)
             try:
                 state.begin(runner, progress)
-                for event in runner.events():
-                    result = state.on_event(event, runner.completed)
-                    if result is not None:
-                        yield result
-                        state.after_result()
+                spool = state.spool
+                for event in runner.events():  # once per task: no more work than needed
+                    if type(event) is ResultEvent:
+                        yield state.result(event)
+                        if spool.offset != state.announced:  # the loop body added tasks
+                            state.announce()
+                    else:
+                        state.on_event(event)
                 state.finish(runner)
             finally:
                 self._process = None
@@ -323,12 +326,14 @@ class TaskRunner:
                 state.begin(runner, progress)
                 while True:
                     event = await runner.next_event()
-                    if isinstance(event, Ended):
+                    if type(event) is ResultEvent:
+                        yield state.result(event)
+                        if state.spool.offset != state.announced:  # the loop body added tasks
+                            state.announce()
+                    elif isinstance(event, Ended):
                         break
-                    result = state.on_event(event, runner.completed)
-                    if result is not None:
-                        yield result
-                        state.after_result()
+                    else:
+                        state.on_event(event)
                 state.finish(runner)
             finally:
                 self._process = None
@@ -468,35 +473,38 @@ class _RunState:
         self.announced = self.spool.flush()
         runner.more(self.announced)
 
-    def on_event(self, event: Event, completed: int) -> Result | None:
-        """The Result an event carries, if any; acts on the others."""
+    def result(self, event: ResultEvent) -> Result:
+        """The Result of a result event.
+
+        Raises:
+            ProtocolError: its record is not a result this caller can read.
+        """
+        try:
+            result = result_from_record(event.record)
+        except ValueError as exc:
+            assert self.runner is not None
+            raise ProtocolError(event.line, str(exc), completed=self.runner.completed) from None
+        if self.bar is not None:
+            self.bar.advance(ok=result.ok)
+        return result
+
+    def on_event(self, event: Event) -> None:
+        """Act on an event that carries no result."""
         runner = self.runner
         assert runner is not None
-        if isinstance(event, ResultEvent):
-            try:
-                result = result_from_record(event.record)
-            except ValueError as exc:
-                raise ProtocolError(event.line, str(exc), completed=completed) from None
-            if self.bar is not None:
-                self.bar.advance(ok=result.ok)
-            return result
         if isinstance(event, Idle) and event.offset == self.announced:
             if self.spool.offset == self.announced:
                 runner.end_input(self.announced)
             else:
-                self._announce()
+                self.announce()
         elif isinstance(event, Skipped):
             self.owner._skipped = event.count
             if self.bar is not None:
                 self.bar.started(event)
                 self.bar.set_total(self.spool.count - event.count)
-        return None
 
-    def after_result(self) -> None:
-        if self.spool.offset != self.announced:  # the loop body added tasks
-            self._announce()
-
-    def _announce(self) -> None:
+    def announce(self) -> None:
+        """Tell the runner of the tasks added since it was last told."""
         assert self.runner is not None
         self.announced = self.spool.flush()
         self.runner.more(self.announced)

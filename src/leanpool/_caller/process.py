@@ -238,7 +238,11 @@ class RunnerProcess:
             data = os.read(fd, _READ_SIZE)
             if not data:
                 break
-            for event in reader.feed(data):
+            events = reader.feed(data)
+            if not reader.finished:  # neither an end nor a fatal record among them
+                yield from events
+                continue
+            for event in events:
                 if isinstance(event, Ended):
                     self.end = event.record
                     self._wait(self.shutdown_wait)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
 from .._errors import ProtocolError, RunnerCrashed
 from .records import PROTOCOL_VERSION
@@ -80,6 +80,21 @@ class Fatal:
 
 Event: TypeAlias = "Started | ResultEvent | Skipped | Idle | Ended | Fatal"
 
+
+class _ResultEventLayout:
+    """ResultEvent's slots, without its frozen ``__setattr__``.
+
+    ``_event`` makes each result's event as one of these, by two plain slot stores, and
+    then sets its class to ResultEvent (allowed between two classes of the same slots):
+    half the cost of the dataclass's ``__init__``, which stores each field through
+    ``object.__setattr__``.  A unit test checks it equals ``ResultEvent(record, line)``.
+    """
+
+    __slots__ = ResultEvent.__slots__
+
+
+_new_object: Final = object.__new__
+
 _RESULT_FIELDS: Final = (("id", (str, int)), ("status", int), ("ok", bool), ("duration", float))
 
 _scan: Final = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # not in typeshed
@@ -111,22 +126,32 @@ class RecordReader:
         """
         if not data:
             return []
-        if b"\n" not in data:  # a piece of a long line: keep it, join once at its end
-            self._pending.append(data)
+        # find(), not "in": bytes.__contains__ first tries the needle as an integer,
+        # and builds (then drops) a TypeError each time.
+        newline = data.find(b"\n")
+        pending = self._pending
+        if newline == len(data) - 1 and not pending:  # one whole line: the common read
+            return [self._event(data)]
+        if newline < 0:  # a piece of a long line: keep it, join once at its end
+            pending.append(data)
             self._pending_size += len(data)
             if self._pending_size > _MAX_PENDING:
                 raise ProtocolError(data[:200], "a line without end", completed=self.completed)
             return []
-        if self._pending:
-            self._pending.append(data)
-            data = b"".join(self._pending)
-            self._pending.clear()
+        if pending:
+            pending.append(data)
+            data = b"".join(pending)
+            pending.clear()
         lines = data.split(b"\n")
         tail = lines.pop()
         if tail:
-            self._pending.append(tail)
+            pending.append(tail)
         self._pending_size = len(tail)
-        return [self._event(line + b"\n") for line in lines]
+        event = self._event
+        events: list[Event] = []
+        for line in lines:  # a loop, not a list comprehension: that makes a closure per call
+            events.append(event(line + b"\n"))  # noqa: PERF401
+        return events
 
     def close(self, returncode: int | None = None, stderr: str = "") -> None:
         """The stream has ended: fine after the last record, a dead runner otherwise.
@@ -162,9 +187,21 @@ class RecordReader:
             raise ProtocolError(line, "not an object", completed=self.completed)
         kind = record.get("leanpool")
         if kind is None:
-            self._check_result(record, line)
+            task_id = record.get("id")
+            if not (
+                type(record.get("status")) is int
+                and type(record.get("ok")) is bool
+                and type(record.get("duration")) is float
+                and (type(task_id) is str or type(task_id) is int)
+            ):  # not the common record: say what is wrong (a duration of 0 is all right)
+                self._check_result(record, line)
             self.completed += 1
-            return ResultEvent(cast("ResultRecord", record), line)
+            event: Any = _new_object(_ResultEventLayout)  # ResultEvent(record, line), faster
+            event.record = record
+            event.line = line
+            event.__class__ = ResultEvent
+            result_event: ResultEvent = event
+            return result_event
         if record.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError(
                 line,
@@ -192,14 +229,10 @@ class RecordReader:
         raise ProtocolError(line, f"unknown record {kind!r}", completed=self.completed)
 
     def _check_result(self, record: dict[str, object], line: bytes) -> None:
-        task_id = record.get("id")
-        if (
-            type(record.get("status")) is int
-            and type(record.get("ok")) is bool
-            and type(record.get("duration")) is float
-            and (type(task_id) is str or type(task_id) is int)
-        ):
-            return  # the common record, all right; else say what is wrong
+        """Raise for a result record that lacks a field or has one of the wrong type.
+
+        ``_event`` tests the common record inline (a call per result costs); this is
+        the rest, field by field."""
         for name, kind in _RESULT_FIELDS:
             value = record.get(name)
             # A duration of 0 arrives as an int; a bool is an int but no status or id.
