@@ -108,7 +108,7 @@ def test_a_read_of_one_whole_line_gives_what_the_general_path_gives(
 
 
 @given(ids, statuses, texts, texts, st.booleans(), durations)
-def test_the_reader_makes_the_dataclass_result_event(
+def test_the_reader_makes_the_same_result_event_as_its_constructor(
     task_id: str | int, status: int, stdout: str, stderr: str, ok: bool, duration: float
 ) -> None:
     record = {
@@ -126,5 +126,5 @@ def test_the_reader_makes_the_dataclass_result_event(
     assert event == made
     assert (event.record, event.line) == (made.record, made.line)
     assert repr(event) == repr(made)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         event.line = b""  # type: ignore[misc]
