@@ -19,6 +19,20 @@ durations = st.floats(allow_nan=False)
 texts = st.text(max_size=20)
 
 
+def _common_record(
+    task_id: str | int, status: int, stdout: str, stderr: str, ok: bool, duration: float
+) -> dict[str, object]:
+    """The common result record: the six fields every result has."""
+    return {
+        "id": task_id,
+        "status": status,
+        "ok": ok,
+        "duration": duration,
+        "stdout": stdout,
+        "stderr": stderr,
+    }
+
+
 def _fields(result: Result) -> dict[str, object]:
     """Every field, those left out of ``==`` (the raw bytes, the pickled exception) too."""
     return {f.name: getattr(result, f.name) for f in dataclasses.fields(Result)}
@@ -49,14 +63,7 @@ def test_plain_result_is_frozen_like_any_result() -> None:
 def test_the_common_record_gives_what_the_general_path_gives(
     task_id: str | int, status: int, stdout: str, stderr: str, ok: bool, duration: float
 ) -> None:
-    common = {
-        "id": task_id,
-        "status": status,
-        "ok": ok,
-        "duration": duration,
-        "stdout": stdout,
-        "stderr": stderr,
-    }
+    common = _common_record(task_id, status, stdout, stderr, ok, duration)
     # One more field, at its default, sends the same record down the general path.
     general = result_from_record({**common, "attempts": 1})  # type: ignore[typeddict-item]
     fast = result_from_record(common)  # type: ignore[arg-type]
@@ -111,14 +118,7 @@ def test_a_read_of_one_whole_line_gives_what_the_general_path_gives(
 def test_the_reader_makes_the_same_result_event_as_its_constructor(
     task_id: str | int, status: int, stdout: str, stderr: str, ok: bool, duration: float
 ) -> None:
-    record = {
-        "id": task_id,
-        "status": status,
-        "ok": ok,
-        "duration": duration,
-        "stdout": stdout,
-        "stderr": stderr,
-    }
+    record = _common_record(task_id, status, stdout, stderr, ok, duration)
     line = _line(record)
     (event,) = RecordReader().feed(line)
     made = ResultEvent(json.loads(line), line)
