@@ -567,6 +567,22 @@ MUTANTS = (
         "    forget_fd(self, &p->out.fd);",
     ),
     Mutant(
+        "engine-stream-not-rearmed",
+        "a command's output that comes in several pieces is read whole (one-shot re-arm)",
+        "src/leanpool/_runner/_engine.c",
+        "    if (arm_stream(self, idx, s, s == &p->out ? TAG_OUT : TAG_ERR) < 0) {",
+        "    if (0) {",
+    ),
+    Mutant(
+        "engine-fired-stream-kept",
+        "a command ends once its pipes hang up (a fired one-shot stream is closed)",
+        "src/leanpool/_runner/_engine.c",
+        "    s->watch = WATCH_FIRED;   /* one-shot: this event disarmed it */\n"
+        "    if (events & EPOLLIN) {",
+        "    s->watch = WATCH_FIRED;   /* one-shot: this event disarmed it */\n"
+        "    if (events & EPOLLHUP) goto go_on;\n    if (events & EPOLLIN) {",
+    ),
+    Mutant(
         "engine-validation-lax",
         "a task file with a bad line runs nothing (the validation pass in C)",
         "src/leanpool/_runner/_engine.c",
