@@ -143,6 +143,20 @@ def test_results_are_sent_while_a_leftover_has_its_grace() -> None:
     assert list(results) == []  # the run itself ends once the leftover got its SIGKILL
 
 
+def _wait_for_environ(pid: int) -> None:
+    """Until /proc/PID/environ shows the program's environment.  Popen returns once the
+    child's exec closed its error pipe, which the kernel does a moment before it lays
+    out the new program's environment: until then the file reads empty (this made the
+    test below fail once in a loaded CI run)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if f.read(1):
+                return
+        time.sleep(0.001)
+    raise AssertionError(f"/proc/{pid}/environ stayed empty")
+
+
 def test_a_group_is_signalled_only_while_a_member_carries_the_run_mark() -> None:
     """A leftover group's id is free once its members are gone; the SIGKILL due a grace
     later must not hit a new, unrelated group that got the same id."""
@@ -150,6 +164,7 @@ def test_a_group_is_signalled_only_while_a_member_carries_the_run_mark() -> None
 
     with subprocess.Popen(["sleep", "30"], start_new_session=True) as stranger:
         try:
+            _wait_for_environ(stranger.pid)
             assert group_has_live_member(stranger.pid, None)
             assert not group_has_live_member(stranger.pid, b"LEANPOOL_RUN=ours")
         finally:
@@ -157,6 +172,7 @@ def test_a_group_is_signalled_only_while_a_member_carries_the_run_mark() -> None
     env = {**os.environ, "LEANPOOL_RUN": "ours"}
     with subprocess.Popen(["sleep", "30"], start_new_session=True, env=env) as member:
         try:
+            _wait_for_environ(member.pid)
             assert group_has_live_member(member.pid, b"LEANPOOL_RUN=ours")
         finally:
             member.kill()
