@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -119,9 +120,36 @@ def group_has_live_member(pgid: int, mark: bytes | None) -> bool:
         if mark is None:
             return True
         try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if mark in f.read().split(b"\0"):
-                    return True
+            if mark in _environ(name).split(b"\0"):
+                return True
         except OSError:  # gone, or not ours to read: not ours
             continue
     return False
+
+
+_ENVIRON_TRIES: Final = 10
+_ENVIRON_PAUSE_S: Final = 0.001
+
+
+def _environ(pid: str) -> bytes:
+    """/proc/PID/environ, read again for up to about 10 ms while it is empty.
+
+    A process in the middle of an exec has no environment for a moment: the kernel
+    closes its close-on-exec descriptors (which is how its starter learns that the exec
+    worked) before it lays out the new program's environment, and /proc reads empty
+    until then (seen once in 300 starts on a loaded machine).  A member of a leftover
+    group caught in that moment would read as not carrying the run's mark, and the
+    group would escape its SIGKILL.  A process whose environment stays empty carries no
+    mark anyway; this path runs only for leftovers.
+
+    Raises:
+        OSError: the process is gone, or its environment is not ours to read.
+    """
+    data = b""
+    for _ in range(_ENVIRON_TRIES):
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+        if data:
+            break
+        time.sleep(_ENVIRON_PAUSE_S)
+    return data
