@@ -332,15 +332,15 @@ static void forget_stream(Engine *self, Stream *s) {
     }
 }
 
+/* Let go of a command's pidfd, registered level-triggered: unregistered before it is
+ * closed.  Closing alone would drop the registration only with the descriptor's last
+ * copy, and a command started a moment ago may still hold one (a vfork parent resumes
+ * before its child closes its close-on-exec descriptors; on a busy machine the child
+ * may wait milliseconds for a CPU): the registration would then report the exit on
+ * every wait until then, and the loop would spin (as pipes once did: 50 waits a task on
+ * 1-10 ms tasks).  An event of its command that came in the same wait is then passed
+ * over (on_event: the command finished). */
 static void forget_fd(Engine *self, int *fd) {
-    /* Unregistered before it is closed.  Closing alone would drop the registration only
-     * with the pipe's last descriptor, and a command started a moment ago may still
-     * hold a copy (a vfork parent resumes before its child closes its close-on-exec
-     * descriptors; on a busy machine the child may wait milliseconds for a CPU): the
-     * registration would then report the pipe's hang-up, level-triggered, on every
-     * wait until then, and the loop would spin (measured: 50 waits a task on
-     * 1-10 ms tasks).  An event of its command that came in the same wait is then
-     * passed over (on_event: the stream is closed, or the command finished). */
     if (*fd >= 0) {
         epoll_ctl(self->epfd, EPOLL_CTL_DEL, *fd, NULL);
         close(*fd);
@@ -522,8 +522,7 @@ go_on:
     if (arm_stream(self, idx, s, s == &p->out ? TAG_OUT : TAG_ERR) < 0) {
         /* EPOLL_CTL_MOD of a registered descriptor does not allocate: this is not
          * expected.  Should it happen, the exit is watched instead, and the pipe is
-         * drained then (drain). */
-        s->watch = WATCH_FIRED;
+         * drained then (drain); the stream stays disarmed. */
         if (p->exit_fd < 0 && watch_exit(self, idx) < 0) {
             /* the loop's exit sweep comes back to it */
         }

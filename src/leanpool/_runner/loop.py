@@ -166,11 +166,11 @@ class Runner:
         self._timeout = options["timeout"]
         self._workers: WorkerPool | None = None
         self._cancelled: set[str | int] = set()
-        self._piped_lane = self.engine is not None and self.output_dir is None
+        self._piped_lane = (
+            self.engine is not None and self.output_dir is None and self.slot_env is None
+        )
         """Whether a command with no stdin and no env of its own goes straight to the engine
         (``start_piped``), as ``shell.start_shell`` would send it, without its layer."""
-        if self.slot_env is not None:
-            self._piped_lane = False
 
     # -- the run ---------------------------------------------------------------------------
 
