@@ -908,6 +908,59 @@ MUTANTS: tuple[Mutant, ...] = (
             "",
         ),
     ),
+    # The promises issue 27 named (each had no guard), with the bug that showed it.
+    *in_room(
+        CALLS,
+        Mutant(
+            "executor-map-exit-keeps-calls",
+            "leaving Executor.map early cancels (kills) the calls still in flight",
+            "src/leanpool/_executor.py",
+            "                for future in window:\n                    future.cancel()",
+            "                for future in window:\n                    pass",
+        ),
+        Mutant(
+            "call-value-spill-kept",
+            "a call's spilled return value is removed once the caller has read it",
+            "src/leanpool/_caller/calls.py",
+            "        os.unlink(spill)\n    else:",
+            "        pass\n    else:",
+        ),
+        Mutant(
+            "crash-output-not-drained",
+            "what a call printed before its worker died is in its result, all of it",
+            "src/leanpool/_runner/calls.py",
+            "        for fd in (self.out_fd, self.err_fd):\n            if fd >= 0:\n                self._drain(fd)\n        self.release()",
+            "        self.release()",
+        ),
+        Mutant(
+            "crash-output-dropped",
+            "what a call printed before its worker died is in its result",
+            "src/leanpool/_runner/calls.py",
+            "    def worker_died(self, status: int) -> None:\n        self.status = status\n",
+            "    def worker_died(self, status: int) -> None:\n        self.status = status\n        self.out_chunks, self.err_chunks = [], []\n",
+        ),
+        Mutant(
+            "cancel-of-starting-worker-ends-run",
+            "cancelling a call whose worker is still starting cancels that call, not the run",
+            "src/leanpool/_runner/calls.py",
+            "        if not self.ready and not self.killed:",
+            "        if not self.ready:",
+        ),
+        Mutant(
+            "crash-leftovers-spared",
+            "what a crashed call started (its worker's group) is killed",
+            "src/leanpool/_runner/calls.py",
+            "            if child is not None:\n                host.leftovers_found(child)\n            else:",
+            "            if child is not None:\n                pass\n            else:",
+        ),
+        Mutant(
+            "sys-exit-ends-worker",
+            "sys.exit() in a call is its failure (SystemExit), and its worker lives on",
+            "src/leanpool/_worker.py",
+            "    except BaseException as exc:  # SystemExit too: a call cannot end the worker",
+            "    except Exception as exc:  # SystemExit too: a call cannot end the worker",
+        ),
+    ),
 )
 
 

@@ -149,3 +149,62 @@ def nap(seconds: float) -> float:
 def garble_reply_pipe() -> None:
     """Writes on the worker's reply descriptor, which a call must never do."""
     os.write(4, b"not json\n")
+
+
+def nap_and_mark(seconds: float, marks: str, tag: int) -> int:
+    """Notes in marks that it started, naps, then notes that it ran to its end."""
+    Path(marks, f"started-{tag}").touch()
+    time.sleep(seconds)
+    Path(marks, f"done-{tag}").touch()
+    return tag
+
+
+def print_then_die(pid_file: str, go_file: str, size: int, how: str) -> None:
+    """Once go_file exists, writes size bytes to stdout and a line to stderr, then dies
+    (``os._exit(7)``, or SIGKILL of itself as the OOM killer would) at once.
+
+    Its stdout pipe is made big enough to hold all of it first, so that it never waits
+    for the runner to read: it dies with most of its output still in the pipe.
+    """
+    import fcntl  # here: this file's head is shared, only appended to
+
+    fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, 1 << 20)
+    Path(f"{pid_file}.part").write_text(str(os.getpid()))
+    os.replace(f"{pid_file}.part", pid_file)  # whole once it exists: the test waits on it
+    deadline = time.monotonic() + 30  # a bound, should the test never say go
+    while not os.path.exists(go_file) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    view = memoryview(printed_before_death(size))
+    while view:
+        view = view[os.write(1, view) :]
+    os.write(2, b"about to die\n")
+    if how == "SIGKILL":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(7)
+
+
+def printed_before_death(size: int) -> bytes:
+    """What ``print_then_die`` writes to stdout."""
+    return b"0123456789abcdef" * (size // 16)
+
+
+def crash_leaving_child(pid_file: str) -> None:
+    """Starts a child (in the worker's group), records both pids, then SIGKILLs its own
+    worker, as the OOM killer would: no cleanup of its own runs."""
+    child = subprocess.Popen(["sleep", "60"])
+    Path(pid_file).write_text(f"{os.getpid()} {child.pid}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_for_file(path: str, within: float) -> bool:
+    """Returns once path exists (True), or after within seconds (False)."""
+    deadline = time.monotonic() + within
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def call_sys_exit(code: int) -> None:
+    sys.exit(code)

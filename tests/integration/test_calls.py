@@ -19,7 +19,7 @@ import pytest
 
 from leanpool import Result, RunnerError, TaskFailed, TaskRunner
 from leanpool._errors import RemoteTraceback
-from tests.helpers import PY, leanpool_cli, wait_for, wait_gone
+from tests.helpers import PY, leanpool_cli, runner_pids, wait_for, wait_gone
 from tests.integration import calls_funcs as funcs
 
 if TYPE_CHECKING:
@@ -236,6 +236,84 @@ def test_a_crash_costs_exactly_one_task(
     assert call_error(crash)["type"] == "WorkerCrashed"
     assert "died" in call_error(crash)["message"]
     assert {k: r.value for k, r in results.items()} == {i: i * i for i in range(20)}
+
+
+@pytest.mark.parametrize("how", ["os._exit", "SIGKILL"])
+def test_what_a_call_printed_before_its_worker_died_is_in_its_result(
+    tmp_path: Path, how: str, exit_watch: str
+) -> None:
+    """All of it, even what was still unread in the worker's pipes when the runner
+    learned of the death.  To get there for sure, the runner is stopped (as a busy or
+    descheduled runner would be) while the call prints 256 KiB into a pipe it made big
+    enough and dies: the runner then finds the death with most of the output unread."""
+    pid_file, go = tmp_path / "pid", tmp_path / "go"
+    size = 256 << 10  # several of the runner's reads, and more than an output spills at
+    runner = TaskRunner(2)
+    runner.add_call("first", funcs.square, (1,))
+    runner.add_call("dies", funcs.print_then_die, (str(pid_file), str(go), size, how))
+    results = {}
+    for result in runner.run():
+        results[result.id] = result
+        if result.id != "first":
+            continue
+        wait_for(pid_file.exists, 20, "the call to start")
+        worker = int(pid_file.read_text())
+        (runner_pid,) = runner_pids()
+        os.kill(runner_pid, signal.SIGSTOP)
+        try:
+            go.touch()
+            wait_gone([worker], 10.0)  # a zombie: dead, not yet reaped by the stopped runner
+        finally:
+            os.kill(runner_pid, signal.SIGCONT)
+    dies = results["dies"]
+    assert call_error(dies)["type"] == "WorkerCrashed"
+    if how == "SIGKILL":
+        assert (dies.status, dies.signal) == (-signal.SIGKILL, "SIGKILL")
+    else:
+        assert (dies.status, dies.signal) == (7, None)
+    assert len(dies.stdout_bytes) == size
+    assert dies.stdout_bytes == funcs.printed_before_death(size)
+    assert dies.stderr == "about to die\n"
+
+
+def test_what_a_crashed_call_started_is_killed_while_the_run_goes_on(
+    tmp_path: Path, exit_watch: str
+) -> None:
+    """The call's child outlives its worker's death (SIGKILL: nothing of the call's own
+    cleans up); the runner kills it, without waiting for the run to end."""
+    pid_file, go = tmp_path / "pids", tmp_path / "go"
+    runner = TaskRunner(2)
+    runner.add_call("crash", funcs.crash_leaving_child, (str(pid_file),))
+    runner.add_call("holds", funcs.wait_for_file, (str(go), 30))  # keeps the run going
+    results = {}
+    for result in runner.run():
+        results[result.id] = result
+        if result.id == "crash":
+            worker, child = map(int, pid_file.read_text().split())
+            # Its group gets SIGTERM as the crash is seen (sleep obeys it), and SIGKILL
+            # kill_grace (2 s) later: 5 s leaves room for a loaded machine.
+            wait_gone([worker, child], 5.0)
+            go.touch()
+    crash = results["crash"]
+    assert (crash.status, crash.signal) == (-signal.SIGKILL, "SIGKILL")
+    assert call_error(crash)["type"] == "WorkerCrashed"
+    assert results["holds"].value is True
+
+
+def test_sys_exit_in_a_call_is_its_failure_and_its_worker_lives_on() -> None:
+    """SystemExit is the call's exception like any other: it does not end the worker."""
+    runner = TaskRunner(1)
+    runner.add_call("before", funcs.pid)
+    runner.add_call("exits", funcs.call_sys_exit, (3,))
+    runner.add_call("after", funcs.pid)
+    before, exits, after = runner.run(ordered=True)
+    assert (exits.ok, exits.status, exits.signal) == (False, 1, None)
+    error = call_error(exits)
+    assert (error["type"], error["message"]) == ("SystemExit", "3")
+    assert "sys.exit(code)" in error["traceback"]
+    with pytest.raises(TaskFailed, match="SystemExit: 3"):
+        exits.check()
+    assert after.value == before.value  # the same worker ran the next call
 
 
 def test_a_preload_that_fails_ends_the_run_with_one_error(tmp_path: Path) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -17,7 +19,7 @@ import pytest
 
 from leanpool import Executor, Result, TaskFailed
 from leanpool._errors import RemoteTraceback
-from tests.helpers import PY, runner_pids, wait_for, wait_gone
+from tests.helpers import PY, alive, runner_pids, wait_for, wait_gone
 from tests.integration import calls_funcs as funcs
 
 
@@ -35,6 +37,34 @@ def test_map_is_lazy_over_an_endless_iterator() -> None:
         values = ex.map(funcs.square, itertools.count(), buffersize=4)
         assert [next(values) for _ in range(10)] == [i * i for i in range(10)]
         values.close()  # the calls in flight are cancelled
+
+
+def test_leaving_map_early_kills_the_calls_in_flight(tmp_path: Path) -> None:
+    """As documented (concurrent.futures' own map lets running calls finish): closing
+    the generator cancels the calls submitted ahead and kills those that run, so that
+    none of them runs to its end once the caller stopped wanting its value."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # Calls 1 and 2 run when the loop is left, call 3 waits for a worker.  Their naps
+    # only need to outlast the moment between "both started" and close(), on a loaded
+    # machine; on the code that lets them run, shutdown waits them out (2 x 5 s).
+    naps = [0.0, 5.0, 5.0, 5.0]
+    ex = Executor(max_workers=2)
+    values = ex.map(funcs.nap_and_mark, naps, itertools.repeat(str(marks)), range(4))
+    assert next(values) == 0
+    wait_for(
+        lambda: {"started-1", "started-2"} <= {p.name for p in marks.iterdir()},
+        20,
+        "two calls to run",
+    )
+    values.close()
+    ex.shutdown(wait=True)  # once it returns, every call has ended, one way or the other
+    assert sorted(p.name for p in marks.iterdir()) == [
+        "done-0",
+        "started-0",
+        "started-1",
+        "started-2",
+    ]
 
 
 def test_map_timeout_raises_timeout_error() -> None:
@@ -137,6 +167,76 @@ def test_big_arguments_and_values() -> None:
     with Executor(max_workers=2) as ex:
         assert ex.submit(len, data).result(timeout=30) == len(data)
         assert ex.submit(funcs.big, 3 << 20).result(timeout=30) == funcs.big(3 << 20)
+
+
+def bytes_under(directory: Path) -> int:
+    """Bytes of the files under directory now."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def test_a_big_values_spill_file_is_removed_once_read(private_tmpdir: Path) -> None:
+    """A value of 64 KiB or more comes back through a file in the run's private
+    directory, which the caller removes once it has read it: a long-lived executor's
+    disk use does not grow with the values it has returned."""
+    size = 256 << 10  # pickled, well over the 64 KiB from which a value is spilled
+    with Executor(max_workers=1) as ex:
+        for _ in range(4):
+            assert ex.submit(funcs.big, size).result(timeout=30) == funcs.big(size)
+        assert bytes_under(private_tmpdir) < 64 << 10  # the spool's few lines only
+
+
+def test_cancelling_a_call_whose_worker_is_starting_cancels_only_that_call(
+    tmp_path: Path,
+) -> None:
+    """A worker killed before it was ready, because its call was cancelled, is not a
+    worker that cannot start (which ends the run with one error): the other calls go
+    on.  The workers' preload waits for a go file, so they are surely still starting."""
+    starts, go = tmp_path / "starts", tmp_path / "go"
+    starts.mkdir()
+    (tmp_path / "gatedpreload.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            open(os.path.join({str(starts)!r}, str(os.getpid())), "w").close()
+            deadline = time.monotonic() + 30  # a bound, should the test never say go
+            while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            """
+        )
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with Executor(max_workers=2, preload=["gatedpreload"]) as ex:
+            first, second, third = (ex.submit(funcs.square, i) for i in (2, 3, 4))
+            wait_for(lambda: len(list(starts.iterdir())) == 2, 20, "two workers to start")
+            starting = [int(p.name) for p in starts.iterdir()]
+            assert first.cancel()
+            wait_for(
+                lambda: not all(alive(pid) for pid in starting),
+                10,
+                "the cancelled call's worker to be killed in its preload",
+            )
+            go.touch()
+            assert second.result(timeout=30) == 9
+            assert third.result(timeout=30) == 16  # on a worker started after the cancel
+            assert ex.submit(funcs.square, 5).result(timeout=30) == 25
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert first.cancelled()
+
+
+def test_sys_exit_in_a_call_raises_system_exit_and_the_worker_lives_on() -> None:
+    with Executor(max_workers=1) as ex:
+        before = ex.submit(funcs.pid).result(timeout=30)
+        with pytest.raises(SystemExit) as info:
+            ex.submit(funcs.call_sys_exit, 3).result(timeout=30)
+        assert info.value.code == 3
+        assert ex.submit(funcs.pid).result(timeout=30) == before  # the same worker
 
 
 def test_a_submit_after_shutdown_writes_nothing() -> None:
