@@ -961,6 +961,47 @@ MUTANTS: tuple[Mutant, ...] = (
             "    except Exception as exc:  # SystemExit too: a call cannot end the worker",
         ),
     ),
+    *in_room(
+        ASYNCIO,
+        Mutant(
+            "async-reader-spins",
+            "a loop body awaiting something else does not make the event loop spin on the runner's pipe",
+            "src/leanpool/_caller/aprocess.py",
+            "        if readable is None:\n            self._stop_reading()",
+            "        if readable is None:\n            pass",
+        ),
+        Mutant(
+            "arun-and-wait-total-counts-skipped",
+            "arun_and_wait's total leaves out the tasks a resumed journal holds",
+            "src/leanpool/_api.py",
+            "outcome = callback(result, completed, len(self) - self._skipped)",
+            "outcome = callback(result, completed, len(self))",
+        ),
+    ),
+    *in_room(
+        CLUSTER,
+        Mutant(
+            "cluster-control-crosses-runs",
+            "on a shared cluster, stopping one run never touches another run's tasks",
+            "src/leanpool/_cluster/batch.py",
+            "            if live.token == token and (key is None or live.key == key)",
+            "            if key is None or live.key == key",
+        ),
+        Mutant(
+            "cluster-unsent-cancel-silent",
+            "cancelling a task not yet sent to the cluster gives it a cancelled result",
+            "src/leanpool/_cluster/driver.py",
+            "                    self._deliver(cancelled_result(task.id, 1), seq, task)\n",
+            "",
+        ),
+        Mutant(
+            "cluster-unsent-cancel-run-wide",
+            "cancelling a task not yet sent to the cluster cancels that task only",
+            "src/leanpool/_cluster/driver.py",
+            "                if self._cancel_unread and task.id in self._cancel_unread:",
+            "                if self._cancel_unread:",
+        ),
+    ),
 )
 
 

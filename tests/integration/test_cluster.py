@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from leanpool import ClusterError, TaskRunner
-from tests.helpers import PY, leanpool_cli, run_marked_pids, wait_for
+from tests.helpers import PY, leanpool_cli, run_marked_pids, wait_for, wait_gone
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -510,3 +510,85 @@ def test_arun_on_a_cluster(cluster: Cluster) -> None:
         return [result.stdout async for result in runner.arun(ordered=True)]
 
     assert asyncio.run(main()) == [f"{i}\n" for i in range(12)]
+
+
+def test_stopping_one_run_leaves_another_runs_tasks_alone(cluster: Cluster, tmp_path: Path) -> None:
+    """Two runs share the cluster at once: run A cancels its task 1, then stops (its
+    loop is left early), while run B's task 1 (the same id) runs on the other worker.
+    B's task lives on untouched: it waits until A is wholly stopped (A's tasks gone),
+    then succeeds; A's cancel and stop reach A's batches only."""
+    go = tmp_path / "go"
+    wait_go = (
+        f"echo $$ > {tmp_path}/b1.pid; n=0; "
+        f"while [ ! -e {go} ] && [ $n -lt 300 ]; do sleep 0.05; n=$((n + 1)); done; "
+        f"test -e {go} && echo b1"
+    )
+    b_tasks = write_tasks(tmp_path / "b.jsonl", [{"id": 1, "cmd": wait_go}])
+
+    def pid(name: str) -> int:
+        return int((tmp_path / f"{name}.pid").read_text())
+
+    def started(*names: str) -> bool:
+        return all((tmp_path / f"{name}.pid").exists() for name in names)
+
+    runner_a = TaskRunner(3, cluster=cluster.address)  # A's 3 tasks: one batch, at once
+    runner_a.add(0, "echo a0")
+    for i in (1, 2):
+        runner_a.add(i, f"echo $$ > {tmp_path}/a{i}.pid; exec sleep 30")
+    b_run: subprocess.Popen[bytes] | None = None
+    try:
+        for result in runner_a.run():
+            if result.id == 0:
+                # A's batch holds one worker's only thread: B's batch runs on the other.
+                b_run = start_cli("run", str(b_tasks), "--cluster", cluster.address)
+                wait_for(lambda: started("a1", "a2", "b1"), 30, "both runs' tasks to start")
+                runner_a.cancel(1)
+            elif result.id == 1:
+                assert result.cancelled
+                break  # A stops: its task 2 is killed
+        # A's batch's runner kills them within 0.5 s of the stop; 5 s: a loaded machine.
+        wait_gone([pid("a1"), pid("a2")], 5.0)
+        go.touch()
+        assert b_run is not None
+        out, err = b_run.communicate(timeout=30)
+    finally:
+        go.touch()  # B's task never waits out its 15 s, whatever failed
+        if b_run is not None and b_run.poll() is None:
+            b_run.kill()
+            b_run.communicate(timeout=30)
+    got = [(r["id"], r["ok"], r["stdout"]) for r in records(out)]
+    assert (b_run.returncode, got) == (0, [(1, True, "b1\n")]), err
+
+
+def test_cancelling_a_task_not_yet_sent_gives_it_a_cancelled_result(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Tasks added from the loop body, one of them cancelled at once: ``add()`` only
+    writes the spool, and the run hears of the new tasks once the loop body is over, so
+    the cancel reaches the driver before it may read them, and that task is never sent
+    to the cluster.  It gets the cancelled result a local run gives it, and only it: the
+    tasks read before and after it run."""
+
+    def scenario(runner: TaskRunner, marker: Path) -> dict[object, tuple[object, ...]]:
+        runner.add("first", "echo first")
+        seen: dict[object, tuple[object, ...]] = {}
+        for result in runner.run():
+            seen[result.id] = (
+                result.status, result.ok, result.cancelled, result.error, result.stdout
+            )  # fmt: skip
+            if result.id == "first":
+                runner.add("before", "echo before")
+                runner.add("unsent", f"touch {marker}")
+                runner.add("after", "echo after")
+                runner.cancel("unsent")
+        assert not marker.exists(), "the cancelled task ran"
+        assert runner.summary is not None
+        assert (runner.summary.completed, runner.summary.failed) == (4, 1)
+        return seen
+
+    local = scenario(TaskRunner(2), tmp_path / "ran-locally")
+    remote = scenario(TaskRunner(2, cluster=cluster.address), tmp_path / "ran-remotely")
+    assert remote == local
+    assert remote["unsent"] == (-15, False, True, "cancelled before it started", "")
+    assert remote["before"][-1] == "before\n"
+    assert remote["after"][-1] == "after\n"
