@@ -298,23 +298,31 @@ def test_worker_killed_mid_run(own_cluster: Cluster, tmp_path: Path, task_format
     assert sorted(r["id"] for r in records(out)) == ids
 
 
+STOP_REACHES_TASKS_S = 10.0
+"""How long a stop may take to reach every task on the workers.  The tasks of these tests
+sleep 30 s, so a stop that never reaches them leaves them that long; it reaches them in
+well under a second on an idle machine.  2 s failed under a load of 10 on 2 cores."""
+
+
 def test_ctrl_c_stops_every_task_on_the_workers(cluster: Cluster, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the CLI's process group, as a terminal sends it): exit 130, and
-    no task process survives on any worker by more than 2 s."""
+    no task process survives on any worker (its tasks sleep 30 s)."""
     tasks = write_tasks(tmp_path / "t.jsonl", [{"id": i, "cmd": "sleep 30"} for i in range(40)])
     proc = start_cli("run", str(tasks), "--cluster", cluster.address, "-j", "3", new_session=True)
     wait_for(lambda: len(run_marked_pids()) >= 6, 30, "the tasks to start on the workers")
     os.killpg(proc.pid, signal.SIGINT)
     signalled = time.monotonic()
-    wait_for(lambda: not run_marked_pids(), 2.0, "every task process to be gone")
+    wait_for(lambda: not run_marked_pids(), STOP_REACHES_TASKS_S, "every task process to be gone")
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130, err
-    assert time.monotonic() - signalled < 8
+    # The driver waits STOP_WAIT_S (2 s) for the batches' reports, then ends: a driver
+    # that waited on its batches would wait for the tasks' 30 s.
+    assert time.monotonic() - signalled < STOP_REACHES_TASKS_S + 8
 
 
 def test_caller_killed_stops_the_run(cluster: Cluster, tmp_path: Path) -> None:
     """The caller SIGKILLed: the driver sees its stdin close, stops every batch, and no
-    task survives on any worker by more than 2 s."""
+    task survives on any worker."""
     script = (
         "import sys\n"
         "from leanpool import TaskRunner\n"
@@ -326,17 +334,17 @@ def test_caller_killed_stops_the_run(cluster: Cluster, tmp_path: Path) -> None:
     wait_for(lambda: len(run_marked_pids()) >= 6, 30, "the tasks to start on the workers")
     caller.kill()
     caller.wait(5)
-    wait_for(lambda: not run_marked_pids(), 2.0, "every task process to be gone")
+    wait_for(lambda: not run_marked_pids(), STOP_REACHES_TASKS_S, "every task process to be gone")
 
 
 def test_driver_killed_its_tasks_die(cluster: Cluster, tmp_path: Path) -> None:
     """The driver SIGKILLed: the caller reports it, and the scheduler lets go of the
-    driver's batches, whose workers see it and kill their tasks within 2 s."""
+    driver's batches, whose workers see it and kill their tasks."""
     tasks = write_tasks(tmp_path / "t.jsonl", [{"id": i, "cmd": "sleep 30"} for i in range(20)])
     proc = start_cli("run", str(tasks), "--cluster", cluster.address, "-j", "3")
     wait_for(lambda: len(run_marked_pids()) >= 6, 30, "the tasks to start on the workers")
     os.kill(_driver_of(proc.pid), signal.SIGKILL)
-    wait_for(lambda: not run_marked_pids(), 2.0, "every task process to be gone")
+    wait_for(lambda: not run_marked_pids(), STOP_REACHES_TASKS_S, "every task process to be gone")
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 1
     assert b"runner" in err.lower()
