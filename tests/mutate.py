@@ -1002,6 +1002,65 @@ MUTANTS: tuple[Mutant, ...] = (
             "                if self._cancel_unread:",
         ),
     ),
+    *in_room(
+        PARALLEL,
+        Mutant(
+            "parallel-feeder-count-vs-offset",
+            "leanpool parallel tells the runner of its jobs however many there are (no hang past 100,000)",
+            "src/leanpool/_parallel/main.py",
+            "                        if seq != announced:\n                            spool.flush()\n                            self._runner.more(offset)\n                            announced = seq\n",
+            "                        if offset != announced:\n                            spool.flush()\n                            self._runner.more(offset)\n                            announced = offset\n",
+        ),
+        Mutant(
+            "parallel-last-line-dropped",
+            "a last input line without its newline is a job",
+            "src/leanpool/_parallel/inputs.py",
+            "    if pending:\n        yield _decode(pending, separator)\n",
+            "",
+        ),
+        Mutant(
+            "parallel-halt-2-soon",
+            "--halt 2 is now,fail=1: it kills the running jobs",
+            "src/leanpool/_parallel/syntax.py",
+            'Halt(now=text == "2", on_failure=True',
+            "Halt(now=False, on_failure=True",
+        ),
+        Mutant(
+            "parallel-halt-1-now",
+            "--halt 1 is soon,fail=1: the running jobs finish",
+            "src/leanpool/_parallel/syntax.py",
+            'Halt(now=text == "2", on_failure=True',
+            "Halt(now=True, on_failure=True",
+        ),
+        Mutant(
+            "parallel-null-drops-cr",
+            "with -0 an item keeps a trailing \\r (only lines drop it)",
+            "src/leanpool/_parallel/inputs.py",
+            'if separator == b"\\n" and item.endswith(b"\\r"):',
+            'if item.endswith(b"\\r"):',
+        ),
+        Mutant(
+            "parallel-signal-status",
+            "a job killed by signal N makes the exit status 128+N under --halt ...,fail=1",
+            "src/leanpool/_parallel/main.py",
+            "        return 128 - result.status\n",
+            "        return -result.status\n",
+        ),
+        Mutant(
+            "halt-percent-needs-3",
+            "a percentage halt needs 3 jobs done before it can fire",
+            "src/leanpool/_runner/loop.py",
+            "reached = done >= 3 and seen * 100 >= percent * done",
+            "reached = done >= 1 and seen * 100 >= percent * done",
+        ),
+        Mutant(
+            "halt-percent-needs-4",
+            "a percentage halt needs 3 jobs done before it can fire (not 4)",
+            "src/leanpool/_runner/loop.py",
+            "reached = done >= 3 and seen * 100 >= percent * done",
+            "reached = done > 3 and seen * 100 >= percent * done",
+        ),
+    ),
 )
 
 

@@ -410,10 +410,13 @@ def test_a_timeout_signals_what_the_call_started_at_once(tmp_path: Path) -> None
 
 def test_a_worker_that_dies_while_starting_ends_the_run_with_one_error(tmp_path: Path) -> None:
     """Not only a preload that raises: one that kills its process (a crashing C
-    extension, os._exit) must not start worker after worker either."""
+    extension, os._exit) must not start worker after worker either; and the error says
+    what the worker printed before it died, which is all a user has to go on."""
     starts = tmp_path / "starts"
     (tmp_path / "dyingpreload.py").write_text(
-        f"import os\nopen({str(starts)!r}, 'a').write('x')\nos._exit(5)\n"
+        f"import os, sys\nopen({str(starts)!r}, 'a').write('x')\n"
+        "sys.stderr.write('libfoo.so: cannot open shared object file\\n')\n"
+        "sys.stderr.flush()\nos._exit(5)\n"
     )
     import sys
 
@@ -422,10 +425,11 @@ def test_a_worker_that_dies_while_starting_ends_the_run_with_one_error(tmp_path:
         runner = TaskRunner(2, preload=["dyingpreload"])
         for i in range(6):
             runner.add_call(i, funcs.square, (i,))
-        with pytest.raises(RunnerError, match="exited with status 5 before it was ready"):
+        with pytest.raises(RunnerError, match="exited with status 5 before it was ready") as info:
             list(runner.run())
     finally:
         sys.path.remove(str(tmp_path))
+    assert "libfoo.so: cannot open shared object file" in str(info.value)
     assert len(starts.read_text()) <= 2
 
 

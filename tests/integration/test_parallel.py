@@ -69,6 +69,25 @@ def test_stdin_lines_nul_items_and_arg_files(tmp_path: Path) -> None:
     )
 
 
+def test_a_last_input_line_without_its_newline_is_a_job(tmp_path: Path) -> None:
+    """As GNU parallel: an item's end is its separator or the end of the input, from
+    stdin, a ``::::`` file and with ``-0`` alike."""
+    items = tmp_path / "items"
+    items.write_bytes(b"a\nlast")
+    assert lp("-k", "echo", "item:{}", stdin=b"a\nlast").stdout == b"item:a\nitem:last\n"
+    assert lp("-k", "echo", "item:{}", "::::", str(items)).stdout == b"item:a\nitem:last\n"
+    assert lp("-k", "-0", "echo", "item:{}", stdin=b"a\0last").stdout == b"item:a\nitem:last\n"
+
+
+def test_nul_separated_items_keep_a_trailing_cr_and_lines_drop_it() -> None:
+    """With ``-0`` an item is every byte up to the NUL, a ``\\r`` included (a file name
+    may end in one; GNU parallel keeps it too); a line's ``\\r`` is its CRLF ending."""
+    nul = lp("-k", "-0", "printf", "'<%s>'", stdin=b"a\r\0b\r\n\0c\0")
+    assert nul.stdout == b"<a\r><b\r\n><c>"
+    lines = lp("-k", "printf", "'<%s>'", stdin=b"a\r\nb\n")
+    assert lines.stdout == b"<a><b>"
+
+
 def test_dangerous_names_are_one_argument_and_run_nothing(tmp_path: Path) -> None:
     pwned = tmp_path / "pwned"
     name = f"a b;touch {pwned};$(touch {pwned})`touch {pwned}`"
@@ -110,6 +129,64 @@ def test_the_first_job_starts_before_stdin_ends() -> None:
     print(f"first output {took * 1000:.0f} ms after its line, stdin still open")
 
 
+class TestMoreJobsThanTheFeederLeadsBy:
+    """Over 100,000 jobs: more than the results ``leanpool parallel`` lets its input run
+    ahead of, so that the feeder must wait for room, which only results (or skips) of
+    the jobs it announced give it.
+
+    Once on the C engine path, not on both (``conftest``): the runner path changes how
+    the few jobs that run here start, not the caller's feeding, and the pure-Python
+    path's starts are covered by every other test here.
+    """
+
+    @pytest.fixture(autouse=True)
+    def runner_path(self) -> str:
+        return "engine"
+
+    def test_a_resumed_run_of_120000_jobs_skips_those_done_and_runs_the_rest(
+        self, tmp_path: Path
+    ) -> None:
+        """Regression: past about 107,000 jobs from ``:::`` values it hung for good,
+        having printed about 7,200 results: the feeder compared its job count with
+        the byte offset last announced, so after the second announcement it told the
+        runner of no new job, and waited for room that only those could give.
+
+        120,000 jobs that each start a process take minutes on this 2-core machine
+        (10,000 of ``true`` took 27 s while other work loaded it), so all but the
+        last 3 are done already: a resume skips them in the runner, which reads each
+        from the spool only as far as it was told and reports the skips, which give
+        the feeder room as results do.  The journal holds records in its documented
+        format, without the ``task`` digest (then a record is trusted by its id).
+        400 x 300 values make the jobs in 700 words (120,000 words would come close
+        to the 2 MiB ARG_MAX).
+        """
+        jobs = 400 * 300
+        journal = tmp_path / "night.jsonl"
+        record = '{{"id":{},"status":0,"ok":true,"duration":0.0,"stdout":"","stderr":""}}\n'
+        journal.write_text("".join(record.format(i) for i in range(1, jobs - 2)))
+        command = [
+            PY, "-m", "leanpool", "parallel", "-k", "-j", "8",
+            "--joblog", str(journal), "--resume", "echo", "{1}-{2}",
+            ":::", *map(str, range(1, 401)), ":::", *map(str, range(1, 301)),
+        ]  # fmt: skip
+        start = time.monotonic()
+        try:
+            # 8 to 15 s here under other work on the 2 cores (4.5 s of CPU): 45 s is
+            # 3 times that, and within pytest's 60 s; the bug hangs it for good.
+            proc = subprocess.run(command, capture_output=True, timeout=45)
+        except subprocess.TimeoutExpired as exc:
+            hung = f"hung: no end after {exc.timeout:.0f} s, stdout {exc.stdout!r}"
+        else:
+            hung = ""
+        if hung:
+            pytest.fail(hung)
+        took = time.monotonic() - start
+        assert proc.stdout == b"400-298\n400-299\n400-300\n", proc.stderr
+        assert proc.returncode == 0
+        assert journal.read_text().count("\n") == jobs
+        print(f"{jobs} jobs, {jobs - 3} of them skipped: {took:.1f} s")
+
+
 def test_exit_status_counts_failures_as_gnu_parallel_does() -> None:
     assert lp("exit {}", ":::", "0", "1", "2", "3").returncode == 3
     many = [str(i % 2) for i in range(250)]
@@ -133,6 +210,38 @@ def test_halt_on_success_and_on_a_percentage(tmp_path: Path) -> None:
     assert sorted(p.name for p in ran.iterdir()) == ["1", "2"]
     proc = lp("-j", "1", "--halt", "soon,fail=50%", "exit {}", ":::", "0", "1", "1", "0", "0", "0")
     assert proc.returncode == 2  # stopped once 2 of 3 had failed
+
+
+def test_halt_2_kills_the_running_jobs_and_halt_1_lets_them_finish(tmp_path: Path) -> None:
+    """GNU parallel's ``--halt 2`` is ``now,fail=1`` (kill the running jobs) and
+    ``--halt 1`` is ``soon,fail=1`` (start none, let the running ones finish)."""
+    for halt, sleep, finishes in (("2", 5, False), ("1", 0.2, True)):
+        started, finished = tmp_path / f"started{halt}", tmp_path / f"finished{halt}"
+        running = f"touch {started}; sleep {sleep}; touch {finished}"
+        # Fails once the other job runs, so that the halt meets a running job.
+        failing = f"until [ -e {started} ]; do sleep 0.01; done; exit 3"
+        proc = lp("-j", "2", "--halt", halt, "sh", "-c", "{}", ":::", running, failing)
+        assert proc.returncode == 3, (halt, proc.stderr)  # the failing job's status
+        assert finished.exists() is finishes, halt  # killed (2) or left to finish (1)
+
+
+def test_a_job_killed_by_signal_n_makes_the_status_128_plus_n() -> None:
+    """Under ``--halt ...,fail=1`` the status is the failing job's, as a shell's ``$?``
+    says it (GNU parallel's too): 128 + N for a job that signal N killed."""
+    for signal_name, halt, status in (("KILL", "now,fail=1", 137), ("TERM", "soon,fail=1", 143)):
+        proc = lp("--halt", halt, "kill -{} $$", ":::", signal_name)
+        assert proc.returncode == status, (signal_name, halt, proc.stderr)
+
+
+def test_a_percentage_halt_needs_3_jobs_done() -> None:
+    """The README's rule: ``fail=50%`` cannot fire on 1 failure of 1 or 2 of 2; with
+    -j 1 it fires at the third job (2 of 3 failed), and no later job starts."""
+    proc = lp(
+        "-k", "-j", "1", "--halt", "soon,fail=50%", "echo {#}; exit {}",
+        ":::", "1", "1", "0", "0", "0",
+    )  # fmt: skip
+    assert proc.stdout == b"1\n2\n3\n", proc.stderr
+    assert proc.returncode == 2  # the failures counted
 
 
 def test_timeout_and_retries_as_total_tries(tmp_path: Path) -> None:

@@ -170,7 +170,15 @@ def _run(
 class _Feeder(threading.Thread):
     """Writes one task line per job to the spool as its input arrives, and announces
     them; ends the input when the sources are exhausted.  At most ``_LEAD`` jobs ahead
-    of the results printed."""
+    of the results printed.
+
+    Invariant: fewer than ``_FLUSH_EVERY`` of the jobs written are not yet announced
+    whenever the feeder may wait (for room, or for input at a ``PAUSE``, where it
+    announces them all).  Since ``_FLUSH_EVERY < _LEAD``, a feeder waiting for room
+    always has announced jobs still to end, whose results give it room: it never
+    waits on jobs the runner has not been told of.  The counts compared are jobs;
+    the spool's byte offset is only what ``more`` says.
+    """
 
     def __init__(
         self,
@@ -193,18 +201,19 @@ class _Feeder(threading.Thread):
         self.total: int | None = None
 
     def run(self) -> None:
-        offset = announced = 0
-        seq = 0
+        seq = 0  # jobs written to the spool
+        announced = 0  # jobs the runner has been told of (``more``)
+        offset = 0  # bytes written to the spool: where the jobs written end
         with open(self._spool_path, "ab") as spool:
             try:
                 for args in self._items:
                     if self._stopping:
                         break
                     if args is PAUSE or seq - announced >= _FLUSH_EVERY:
-                        if offset != announced:
+                        if seq != announced:
                             spool.flush()
                             self._runner.more(offset)
-                            announced = offset
+                            announced = seq
                         if args is PAUSE:
                             continue
                     assert args is not None
