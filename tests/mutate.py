@@ -1085,17 +1085,20 @@ def _build_engine(source: Path) -> bool:
     return subprocess.run([*command, "-o", str(output)], capture_output=True).returncode == 0
 
 
-def run_one(mutant: Mutant, tests: list[str] | None = None) -> tuple[str, str, float]:
+def run_one(
+    mutant: Mutant, tests: list[str] | None = None, *, room_only: bool = False
+) -> tuple[str, str, float]:
     """(verdict, detail, seconds): verdict is killed, survived or error.
 
     Without tests given, the mutant runs against its room's tests, and if it survives
-    those, against the whole suite: ``detail`` then says it was caught outside its room.
+    those (unless room_only), against the whole suite: ``detail`` then says it was
+    caught outside its room.
     """
     if tests is not None:
         return _run_suite(mutant, tests)
     own = _room_tests(mutant)
     verdict, detail, took = _run_suite(mutant, own)
-    if verdict != "survived" or own == list(WHOLE_SUITE):
+    if verdict != "survived" or room_only or own == list(WHOLE_SUITE):
         return verdict, detail, took
     verdict, detail, more = _run_suite(mutant, list(WHOLE_SUITE))
     if verdict == "killed":
@@ -1200,6 +1203,11 @@ def main() -> int:
         metavar="COMMIT",
         help="run only the rooms whose files changed since COMMIT (an issue's last look)",
     )
+    parser.add_argument(
+        "--room-only",
+        action="store_true",
+        help="judge each mutant by its room's tests alone (quick: no whole-suite second run)",
+    )
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="show each run's output")
     args = parser.parse_args()
@@ -1213,7 +1221,7 @@ def main() -> int:
         return 0
     rows = []
     for mutant in chosen:
-        verdict, detail, took = run_one(mutant, args.tests)
+        verdict, detail, took = run_one(mutant, args.tests, room_only=args.room_only)
         rows.append((mutant, verdict, detail, took))
         print(f"{verdict:9} {mutant.name:36} {took:6.1f} s  {detail}", flush=True)
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("killed", "survived", "error")}
