@@ -190,6 +190,18 @@ def test_a_big_values_spill_file_is_removed_once_read(private_tmpdir: Path) -> N
         assert bytes_under(private_tmpdir) < 64 << 10  # the spool's few lines only
 
 
+def test_a_big_arguments_file_is_removed_once_its_call_is_done(private_tmpdir: Path) -> None:
+    """Arguments of 64 KiB or more go to the worker through a file in the run's private
+    directory, removed once the call's result has come: an executor that lives long
+    does not keep every big argument it was given on disk."""
+    data = funcs.big(256 << 10)
+    with Executor(max_workers=1) as ex:
+        for _ in range(4):
+            assert ex.submit(len, data).result(timeout=30) == len(data)
+        # The result is set after the file is removed; the spool's few lines remain.
+        assert bytes_under(private_tmpdir) < 64 << 10
+
+
 def test_cancelling_a_call_whose_worker_is_starting_cancels_only_that_call(
     tmp_path: Path,
 ) -> None:
