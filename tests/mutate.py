@@ -1061,6 +1061,46 @@ MUTANTS: tuple[Mutant, ...] = (
             "reached = done > 3 and seen * 100 >= percent * done",
         ),
     ),
+    *in_room(
+        ENGINE,
+        Mutant(
+            "engine-exit-unwatched",
+            "a command whose group outlives it is reported when asked to watch its exit",
+            "src/leanpool/_runner/_engine.c",
+            "    if (watch_exit(self, idx) < 0) Py_RETURN_FALSE;\n    Py_RETURN_TRUE;\n}\n\nstatic PyObject *Engine_abandon",
+            "    Py_RETURN_TRUE;\n}\n\nstatic PyObject *Engine_abandon",
+        ),
+    ),
+    *in_room(
+        INPUT,
+        Mutant(
+            "spool-line-quadratic",
+            "a very long task line is read in linear time",
+            "src/leanpool/_protocol/spool.py",
+            "            self._tail.append(data)\n            return True",
+            '            self._tail = [b"".join([*self._tail, data])]\n            return True',
+        ),
+    ),
+    *in_room(
+        LEFTOVERS,
+        Mutant(
+            "leftover-grace-default",
+            "a leftover gets SIGKILL kill_grace seconds after SIGTERM",
+            "src/leanpool/_runner/loop.py",
+            '        grace = INTERRUPT_GRACE_S if child.abandoned else self.options["kill_grace"]',
+            "        grace = INTERRUPT_GRACE_S if child.abandoned else 2.0",
+        ),
+    ),
+    *in_room(
+        STOPPING,
+        Mutant(
+            "stop-waits-kill-grace",
+            "a stop SIGKILLs 0.5 s after its SIGTERM, whatever kill_grace says",
+            "src/leanpool/_runner/loop.py",
+            "            child.signal(signal.SIGTERM)\n            self.timers.add(INTERRUPT_GRACE_S, When.KILL, child)",
+            '            child.signal(signal.SIGTERM)\n            self.timers.add(self.options["kill_grace"], When.KILL, child)',
+        ),
+    ),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import textwrap
@@ -53,8 +54,10 @@ def test_timeout_kills_the_whole_group_and_the_run_goes_on(tmp_path: Path, exit_
     assert (hang.status, hang.signal) == (-signal.SIGTERM, "SIGTERM")
     assert results["fine"].ok
     assert not results["fine"].timed_out
+    # 0.75-1.1 s loaded (the 0.5 s timeout, the runner's start); no timeout: the 30 s sleep.
     assert time.monotonic() - start < 5
-    wait_gone([int(hang.stdout)], 2.0)  # the grandchild died with its group
+    # The grandchild died with its group: gone at once here; a survivor sleeps 30 s.
+    wait_gone([int(hang.stdout)], 2.0)
 
 
 def test_a_task_that_exits_0_on_its_timeouts_sigterm_is_still_timed_out() -> None:
@@ -77,8 +80,10 @@ def test_timeout_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None:
     (result,) = runner.run()
     assert result.timed_out
     assert (result.status, result.signal) == (-signal.SIGKILL, "SIGKILL")
+    # 0.3 s timeout + 0.3 s grace = 0.6 s (a floor: timers never fire early); SIGKILL at once
+    # gives 0.3 s, no SIGKILL the 30 s sleep: 3 s leaves 2.4 s for a loaded machine.
     assert 0.5 < result.duration < 3
-    wait_gone([int(result.stdout)], 2.0)
+    wait_gone([int(result.stdout)], 2.0)  # gone at once (measured 0.000 s); else 30 s
 
 
 def test_per_task_timeout_field_in_cli(tmp_path: Path) -> None:
@@ -105,7 +110,7 @@ def test_break_kills_running_tasks_and_reaps_everything(tmp_path: Path, exit_wat
         assert result.id == "quick"
         wait_for(lambda: len(pids_in(tmp_path)) == 6, 5, "sleepers to start")
         break
-    wait_gone(pids_in(tmp_path), 2.0)
+    wait_gone(pids_in(tmp_path), 2.0)  # gone when the loop is left (0.000 s); else 60 s
 
 
 def test_exception_in_callback_propagates_and_kills_tasks(tmp_path: Path) -> None:
@@ -121,8 +126,8 @@ def test_exception_in_callback_propagates_and_kills_tasks(tmp_path: Path) -> Non
     start = time.monotonic()
     with pytest.raises(LookupError, match="from the callback"):
         runner.run_and_wait(callback)
-    wait_gone(pids_in(tmp_path), 2.0)
-    assert time.monotonic() - start < 5
+    wait_gone(pids_in(tmp_path), 2.0)  # gone when the run is left (0.000 s); else 60 s
+    assert time.monotonic() - start < 5  # ~0.4 s loaded; sleepers left running: 60 s
 
 
 def run_with_a_sleeper_started(tmp_path: Path) -> Iterator[Result]:
@@ -139,7 +144,7 @@ def run_with_a_sleeper_started(tmp_path: Path) -> Iterator[Result]:
 def test_dropping_an_unfinished_run_cleans_up(tmp_path: Path) -> None:
     results = run_with_a_sleeper_started(tmp_path)
     del results  # garbage collection closes the generator
-    wait_gone(pids_in(tmp_path), 2.0)
+    wait_gone(pids_in(tmp_path), 2.0)  # gone at once (0.000 s); sleepers left: 60 s
 
 
 # -- the caller interrupted or killed --------------------------------------------------
@@ -206,12 +211,20 @@ def test_sigint_in_caller_raises_keyboard_interrupt_and_kills_all(
         os.killpg(caller.pid, signal.SIGINT)
     else:
         caller.send_signal(signal.SIGINT)
-    out, _ = caller.communicate(timeout=10)
+    assert caller.stdout is not None
+    # Timed to its line, printed once the run is closed: the interpreter's exit after it
+    # (~0.1 s loaded) is not what is measured.
+    assert select.select([caller.stdout], [], [], 10)[0], "no KeyboardInterrupt in 10 s"
+    line = caller.stdout.readline()
     took = time.monotonic() - start
+    out, _ = caller.communicate(timeout=10)
     assert caller.returncode == 42
-    assert out == b"KeyboardInterrupt\n"
+    assert line + out == b"KeyboardInterrupt\n"
+    # 0.02-0.31 s loaded, 0.53-0.66 s with the stop's 0.5 s grace (ignores-term).  A runner
+    # that does not end them is killed after the caller's 1.5 s wait: a bug takes more than
+    # 1.5 s by construction (1.52-1.53 s measured), so the limit is that wait, 2.3x the fix.
     assert took < 1.5, f"the caller took {took:.2f} s to raise KeyboardInterrupt"
-    gone = wait_gone([*pids_in(tmp_path), runner], 2.0)
+    gone = wait_gone([*pids_in(tmp_path), runner], 2.0)  # 0.000-0.005 s; else 60 s
     print(f"KeyboardInterrupt after {took:.3f} s, everything gone {gone:.3f} s later")
 
 
@@ -226,6 +239,7 @@ def test_caller_killed_leaves_nothing_behind(
     caller.send_signal(sig)
     caller.communicate(timeout=10)
     assert caller.returncode == -sig
+    # 0.05-0.09 s, 0.57-0.58 s with the stop's 0.5 s grace; not stopped or no SIGKILL: 60 s.
     took = wait_gone([*pids_in(tmp_path), runner], 2.0)
     print(f"everything gone {took:.3f} s after the caller's {signal.Signals(sig).name}")
     # The runner removes the private directory the dead caller could not.
@@ -252,7 +266,8 @@ def test_runner_killed_raises_runner_crashed_and_no_task_survives(tmp_path: Path
     assert info.value.completed == 1
     assert "signal SIGKILL" in str(info.value)
     assert "1 task(s) had finished" in str(info.value)
-    # Even descendants that left their task's session are found, by their LEANPOOL_RUN mark.
+    # Even descendants that left their task's session are found, by their LEANPOOL_RUN mark:
+    # gone when RunnerCrashed is raised (0.000 s); no sweep leaves them their 60 s.
     took = wait_gone(pids_in(tmp_path), 2.0)
     print(f"tasks gone {time.monotonic() - start:.3f} s after the runner's death ({took:.3f})")
 
@@ -263,7 +278,7 @@ def test_runner_sigterm_ends_run_with_runner_error(tmp_path: Path) -> None:
     os.kill(runner_pid, signal.SIGTERM)
     with pytest.raises(Exception, match="stopped by SIGTERM with 1 task"):
         next(results)
-    wait_gone(pids_in(tmp_path), 2.0)
+    wait_gone(pids_in(tmp_path), 2.0)  # gone at once (0.000 s); else 60 s
 
 
 # -- halt and retries ------------------------------------------------------------------
@@ -291,10 +306,12 @@ def test_halt_now_kills_running_tasks(tmp_path: Path, exit_watch: str, prelude: 
     start = time.monotonic()
     results = list(runner.run())
     assert [r.id for r in results] == ["fails"]
+    # 0.52-1.08 s loaded (0.3 s to the failure, + the stop's 0.5 s grace for ignores-term);
+    # a task not killed: 60 s.
     assert time.monotonic() - start < 3
     assert runner.summary is not None
     assert runner.summary.unfinished == 1
-    wait_gone(pids_in(tmp_path), 2.0)
+    wait_gone(pids_in(tmp_path), 2.0)  # gone when the run ends (0.000 s); else 60 s
 
 
 def test_retries_until_success_and_count_attempts(tmp_path: Path) -> None:
@@ -462,6 +479,7 @@ def test_a_fork_of_the_caller_does_not_keep_the_runner_alive(tmp_path: Path) -> 
         runner = runner_of(caller)
         caller.kill()
         caller.wait(timeout=10)
+        # 0.01-0.02 s; a runner kept alive by the fork's copy of its pipe: the fork's 30 s.
         wait_gone([*pids_in(tmp_path), runner], 3.0)
     finally:
         os.killpg(caller.pid, signal.SIGKILL)  # the forked child
