@@ -21,6 +21,7 @@ its count in its note.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -1342,6 +1343,20 @@ def main() -> int:
         action="store_true",
         help="judge each mutant by its room's tests alone (quick: no whole-suite second run)",
     )
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="append each verdict to this JSON-lines file as it comes (a long run that is "
+        "cut short keeps what it did)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="recorded",
+        nargs="+",
+        metavar="PATH",
+        help="run nothing: take the verdicts from these --record files (the last verdict "
+        "of a mutant wins) and write --markdown from them",
+    )
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="show each run's output")
     args = parser.parse_args()
@@ -1353,11 +1368,17 @@ def main() -> int:
             where = m.room.name if m.room is not None else "-"
             print(f"{m.name:36} {where:40} {m.promise}")
         return 0
-    rows = []
-    for mutant in chosen:
+    rows: list[Row] = []
+    if args.recorded:
+        rows = _recorded(args.recorded, chosen)
+    for mutant in [] if args.recorded else chosen:
         verdict, detail, took = run_one(mutant, args.tests, room_only=args.room_only)
         rows.append((mutant, verdict, detail, took))
         print(f"{verdict:9} {mutant.name:36} {took:6.1f} s  {detail}", flush=True)
+        if args.record:
+            with open(args.record, "a") as f:
+                verdict_line = {"name": mutant.name, "verdict": verdict, "detail": detail}
+                f.write(json.dumps({**verdict_line, "seconds": round(took, 1)}) + "\n")
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("killed", "survived", "error")}
     summary = (
         f"{len(rows)} mutants: {counts['killed']} killed, {counts['survived']} survived, "
@@ -1370,6 +1391,17 @@ def main() -> int:
 
 
 Row = tuple[Mutant, str, str, float]
+
+
+def _recorded(paths: list[str], chosen: list[Mutant]) -> list[Row]:
+    """The verdicts of --record files for the chosen mutants, in the list's order."""
+    found: dict[str, tuple[str, str, float]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            entry = json.loads(line)
+            found[entry["name"]] = (entry["verdict"], entry["detail"], entry["seconds"])
+    return [(m, *found[m.name]) for m in chosen if m.name in found]
+
 
 BEGIN = "<!-- mutate.py: the latest run, begin -->"
 END = "<!-- mutate.py: the latest run, end -->"
@@ -1386,7 +1418,8 @@ def _write_markdown(path: Path, rows: list[Row], summary: str) -> None:
         BEGIN,
         "",
         f"Code: commit `{head}` plus the working tree; {when}. Each mutant ran against its",
-        "room's tests with `-x`, and a survivor there against the whole suite.",
+        "room's tests with `-x`; a survivor run again against the whole suite and killed",
+        "there counts as killed elsewhere.",
         "",
         f"**{summary}.**",
         "",
