@@ -25,12 +25,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from harness import git  # benchmarks/harness.py, beside this file
 
 import leanpool
 
@@ -175,9 +176,7 @@ def cancel_time() -> float:
 
 
 def machine() -> dict[str, str]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or ""
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "uname": " ".join(platform.uname()),

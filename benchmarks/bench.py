@@ -30,20 +30,21 @@ the caller's own CPU time per task (what the program doing the work cannot use),
 caller's peak RSS and, for leanpool, the runner's peak RSS.  ``--gil-probe`` also runs a
 pure-Python loop in a caller thread and reports how much each method slows it.  At the
 end it prints the project's performance targets as MET / NOT MET where it has the data.
+
+This file holds the workloads, methods, checks and targets; the measuring kit (/proc
+probes, the caller's heap, paired statistics, the record, tables) is ``harness.py``'s,
+shared with the other benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
 import multiprocessing
 import os
-import platform
 import random
-import resource
 import shlex
 import shutil
 import statistics
@@ -57,11 +58,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from srcpath import (  # benchmarks/srcpath.py, beside this file
-    build_engine,
-    source_hash,
-    use_source_dir,
+from harness import (  # benchmarks/harness.py, beside this file
+    MIB,
+    Column,
+    Heap,
+    Poller,
+    VerificationError,
+    at_least,
+    build_ceiling,
+    cpu_times,
+    find_runner,
+    fmt,
+    git,
+    machine_basics,
+    measured_leanpool,
+    note_source_at_end,
+    paired,
+    ratios,
+    reset_peak,
+    rotated,
+    rss_bytes,
+    save_json,
+    src_dirty,
+    status_kb,
+    table,
 )
+from srcpath import source_hash, use_source_dir  # benchmarks/srcpath.py, beside this file
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -70,10 +92,6 @@ if TYPE_CHECKING:
 SOURCE_DIR: Final = use_source_dir(sys.argv)
 # leanpool itself is imported by main() (machine_info), before anything is timed, and not
 # here: --selfcheck and --report work whatever state the package is in.
-
-HERE: Final = Path(__file__).resolve().parent
-BUILD_DIR: Final = HERE / "_build"
-MIB: Final = 1 << 20
 
 ALL_METHODS: Final = (
     "forloop",
@@ -98,137 +116,33 @@ PROBE_ALONE_S: Final = 0.5
 """Seconds the GIL probe runs alone before each measured run, for its baseline rate."""
 
 
-class VerificationError(Exception):
-    """A method's results were wrong: its numbers must not be reported."""
+# -- watching the runner -----------------------------------------------------------------
 
 
-# -- /proc helpers -----------------------------------------------------------------------
-
-
-def rss_bytes() -> int:
-    """The caller's resident set size now, from /proc/self/statm (cheap to read often)."""
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def vm_hwm_kb(pid: int | str = "self") -> int | None:
-    """Peak RSS (VmHWM) of a process in KiB; None once it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak() -> None:
-    """Reset the caller's VmHWM to its current RSS, so each run reports its own peak."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def find_runner() -> int | None:
-    """The pid of the leanpool runner among the caller's children, if it runs yet: the
-    child whose command line names leanpool._runner, or has the imported package's
-    directory as one of its arguments (how the runner is told where to import from)."""
-    marks = [b"leanpool._runner"]
-    module = sys.modules.get("leanpool")
-    if module is not None and module.__file__:
-        marks.append(b"\0" + os.path.dirname(module.__file__).encode() + b"\0")
-    for children in Path("/proc/self/task").glob("*/children"):
-        try:
-            pids = children.read_text().split()
-        except OSError:
-            continue
-        for pid in pids:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if any(mark in cmdline for mark in marks):
-                return int(pid)
-    return None
-
-
-class RunnerWatch:
+class RunnerWatch(Poller):
     """Polls the runner's VmHWM from a caller thread while a leanpool run goes on.
 
     VmHWM is the kernel's own peak, so a 10 ms poll only misses what the runner adds in
-    its last moments (its end record), not short spikes in between.
+    its last moments (its end record), not short spikes in between.  Its ``cpu_s`` is
+    measurement, not the method's cost.
     """
 
     def __init__(self, interval: float = 0.01) -> None:
-        self.interval = interval
+        super().__init__(interval, "runner-watch")
         self.pid: int | None = None
         self.peak_kb = 0
-        self.cpu_s = 0.0
-        """This thread's own CPU time: measurement, not the method's cost."""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="runner-watch", daemon=True)
-
-    def __enter__(self) -> RunnerWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def current_kb(self) -> int | None:
         """The runner's current RSS (VmRSS), for progress lines."""
+        return None if self.pid is None else status_kb("VmRSS", self.pid)
+
+    def sample(self) -> None:
         if self.pid is None:
-            return None
-        try:
-            with open(f"/proc/{self.pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"VmRSS:"):
-                        return int(line.split()[1])
-        except OSError:
-            return None
-        return None
-
-    def _watch(self) -> None:
-        start = time.thread_time()
-        while not self._stop.is_set():
-            if self.pid is None:
-                self.pid = find_runner()
-            if self.pid is not None:
-                kb = vm_hwm_kb(self.pid)
-                if kb is not None:
-                    self.peak_kb = max(self.peak_kb, kb)
-            self._stop.wait(self.interval)
-        self.cpu_s = time.thread_time() - start
-
-
-# -- the caller's heap ---------------------------------------------------------------------
-
-
-class Heap:
-    """The caller's memory: many small tuples, ints and dicts, as a real program holds.
-
-    One big bytes object would not do: its pages are few and untouched by a fork's
-    copy-on-write bookkeeping in the same way, and a garbage collector never walks it.
-    Every object is written when created, so every page is resident.
-    """
-
-    BLOCK: Final = 10_000
-
-    def __init__(self) -> None:
-        self._blocks: list[list[tuple[int, int, dict[str, int]]]] = []
-        self.items = 0
-
-    def grow_to(self, mb: int) -> float:
-        """Add objects until the caller's RSS reaches mb MiB; return the seconds it took."""
-        target = mb * MIB
-        start = time.perf_counter()
-        first = self.items
-        while rss_bytes() < target:
-            self._blocks.append([(k, -k, {"n": k}) for k in range(first, first + self.BLOCK)])
-            first += self.BLOCK
-        self.items = first
-        return time.perf_counter() - start
+            self.pid = find_runner()
+        if self.pid is not None:
+            kb = status_kb("VmHWM", self.pid)
+            if kb is not None:
+                self.peak_kb = max(self.peak_kb, kb)
 
 
 # -- workloads and the checks of their results ----------------------------------------------
@@ -750,19 +664,6 @@ METHODS: Final[dict[str, Callable[[Job], Checker]]] = {
 }
 
 
-def build_ceiling() -> str | None:
-    """Compile ceiling.c into _build/ when it is missing or older than its source."""
-    source, binary = HERE / "ceiling.c", BUILD_DIR / "ceiling"
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
-        return str(binary)
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    BUILD_DIR.mkdir(exist_ok=True)
-    subprocess.run([compiler, "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
-    return str(binary)
-
-
 # -- measuring -----------------------------------------------------------------------------
 
 
@@ -832,17 +733,6 @@ class Sample:
     gil_ratio: float | None
 
 
-def cpu_times() -> tuple[float, float]:
-    """(caller, waited-for descendants) user+sys CPU seconds.
-
-    getrusage, not os.times: times() counts in 10 ms clock ticks, too coarse for
-    microseconds per task over a one-second run.
-    """
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
-
-
 def measure(
     job: Job, method: str, memory_mb: int, repeat: int, capped: bool, probe: bool
 ) -> Sample:
@@ -863,7 +753,7 @@ def measure(
     if gil is not None and alone:
         gil_ratio = gil.stop() / alone
         probe_cpu = gil.cpu_s
-    peak_kb = vm_hwm_kb() or 0
+    peak_kb = status_kb("VmHWM") or 0
     n = len(job.commands)
     checker.verify(method)
     out_bytes = job.workload.output_bytes(n) if job.workload.body else None
@@ -942,27 +832,32 @@ def summarize(samples: Sequence[Sample], stat: str) -> Summary:
 
 
 def print_block(rows: list[Summary], title: str) -> None:
-    """The table for one workload at one caller size."""
-    print(title)
+    """The table for one workload at one caller size; sets each row's ratio_to_best."""
     best = max(r.tps for r in rows)
-    header = f"  {'method':<14} {'n':>6} {'TPS':>9} {'x best':>7} {'caller CPU':>11}"
-    header += f" {'caller peak':>12} {'runner peak':>12}"
-    if any(r.mb_per_s is not None for r in rows):
-        header += f" {'MB/s':>8}"
-    if any(r.gil_ratio is not None for r in rows):
-        header += f" {'probe speed':>11}"
-    print(header)
-    print(f"  {'':<14} {'':>6} {'':>9} {'':>7} {'us/task':>11} {'RSS MB':>12} {'RSS MB':>12}")
-    for r in sorted(rows, key=lambda r: -r.tps):
+    for r in rows:
         r.ratio_to_best = r.tps / best
-        n = f"{r.n}{'*' if r.capped else ''}"
-        runner = "-" if r.runner_peak_mb is None else f"{r.runner_peak_mb:.1f}"
-        line = f"  {r.method:<14} {n:>6} {r.tps:>9.1f} {r.ratio_to_best:>7.2f}"
-        line += f" {r.cpu_us_per_task:>11.0f} {r.caller_peak_mb:>12.0f} {runner:>12}"
-        if r.mb_per_s is not None:
-            line += f" {r.mb_per_s:>8.0f}"
-        if r.gil_ratio is not None:
-            line += f" {r.gil_ratio:>10.2f}x"
+    columns: list[Column[Summary]] = [
+        Column("method", 14, lambda r: r.method, left=True),
+        Column("n", 6, lambda r: f"{r.n}{'*' if r.capped else ''}"),
+        Column("TPS", 9, lambda r: f"{r.tps:.1f}"),
+        Column("x best", 7, lambda r: f"{r.ratio_to_best:.2f}"),
+        Column("caller CPU", 11, lambda r: f"{r.cpu_us_per_task:.0f}", "us/task"),
+        Column("caller peak", 12, lambda r: f"{r.caller_peak_mb:.0f}", "RSS MB"),
+        Column("runner peak", 12, lambda r: fmt(r.runner_peak_mb, ".1f"), "RSS MB"),
+    ]
+    # A row without the figure has no cell (its later cells move left), as it always had.
+    if any(r.mb_per_s is not None for r in rows):
+        columns.append(
+            Column("MB/s", 8, lambda r: None if r.mb_per_s is None else f"{r.mb_per_s:.0f}")
+        )
+    if any(r.gil_ratio is not None for r in rows):
+        columns.append(
+            Column(
+                "probe speed", 11, lambda r: None if r.gil_ratio is None else f"{r.gil_ratio:.2f}x"
+            )
+        )
+    print(title)
+    for line in table(columns, sorted(rows, key=lambda r: -r.tps)):
         print(line)
     if any(r.capped for r in rows):
         print("  * capped by --slow-cap: TPS over that many tasks, nothing extrapolated")
@@ -1007,7 +902,7 @@ def run_memory(n: int, parallel: int, memory_mb: int) -> MemoryRun:
     for i in range(n):
         runner.add(i, f"echo {i}")
     add_seconds = time.perf_counter() - t0
-    peak_add = (vm_hwm_kb() or 0) * 1024
+    peak_add = (status_kb("VmHWM") or 0) * 1024
     reset_peak()
     before_run = rss_bytes()
     memory = Workload("memory", [])
@@ -1035,7 +930,7 @@ def run_memory(n: int, parallel: int, memory_mb: int) -> MemoryRun:
                 )
     seconds = time.perf_counter() - t1
     checker.verify("leanpool")
-    peak_run = (vm_hwm_kb() or 0) * 1024
+    peak_run = (status_kb("VmHWM") or 0) * 1024
     return MemoryRun(
         memory_mb=memory_mb,
         n=n,
@@ -1063,44 +958,9 @@ class Target:
     detail: str
 
 
-def _ratios(
-    table: dict[tuple[str, int, str], Summary],
-    workload: str,
-    num: str,
-    den: str,
-    value: Callable[[Summary], float | None],
-    memory: int | None = None,
-) -> list[tuple[int, float]]:
-    """(caller MB, value(num) / value(den)) at each caller size both were measured at."""
-    out = []
-    for (wl, mb, method), row in sorted(table.items()):
-        if wl != workload or method != num or (memory is not None and mb != memory):
-            continue
-        other = table.get((wl, mb, den))
-        a, b = value(row), None if other is None else value(other)
-        if a is not None and b:
-            out.append((mb, a / b))
-    return out
-
-
-def at_least(factor: float) -> Callable[[float], bool]:
-    """A check that a ratio is at least factor."""
-    return lambda ratio: ratio >= factor
-
-
-def paired(a: Summary, b: Summary) -> float | None:
-    """The median over repeats of a's TPS over b's in the same repeat.
-
-    Repeats are interleaved, so one repeat's runs of a and b saw the same machine: on a
-    shared, noisy machine this ratio is steadier than best against best.
-    """
-    pairs = [x / y for x, y in zip(a.tps_all, b.tps_all, strict=False) if y]
-    return statistics.median(pairs) if pairs else None
-
-
 def _ratio_target(
     name: str,
-    ratios: list[tuple[int, float]],
+    found: list[tuple[int, float]],
     ok: Callable[[float], bool],
     table: dict[tuple[str, int, str], Summary] | None = None,
     key: tuple[str, str, str] | None = None,
@@ -1108,15 +968,15 @@ def _ratio_target(
     """MET when every ratio passes; with table and key (workload, method, other method),
     each ratio is followed by the paired median of the repeats, for reference."""
     parts = []
-    for mb, r in ratios:
+    for mb, r in found:
         part = f"{mb} MB: {r:.2f}x"
         if table is not None and key is not None:
             a, b = table.get((key[0], mb, key[1])), table.get((key[0], mb, key[2]))
-            pr = paired(a, b) if a and b else None
+            pr = paired(a.tps_all, b.tps_all) if a and b else None
             if pr is not None:
                 part += f" (paired {pr:.2f}x)"
         parts.append(part)
-    return Target(name, all(ok(r) for _, r in ratios), ", ".join(parts))
+    return Target(name, all(ok(r) for _, r in found), ", ".join(parts))
 
 
 def evaluate_targets(summaries: list[Summary], memory_runs: list[MemoryRun]) -> list[Target]:
@@ -1144,12 +1004,12 @@ def evaluate_targets(summaries: list[Summary], memory_runs: list[MemoryRun]) -> 
         ("sleep", "ceiling", 0.95),
         ("echo", "parallel", 3.0),
     ):
-        ratios = _ratios(table, wl, "leanpool", den, tps)
-        if ratios:
+        found = ratios(table, wl, "leanpool", den, tps)
+        if found:
             out.append(
                 _ratio_target(
                     f"{wl}: leanpool >= {factor:g} x {den}",
-                    ratios,
+                    found,
                     at_least(factor),
                     table,
                     (wl, "leanpool", den),
@@ -1157,27 +1017,27 @@ def evaluate_targets(summaries: list[Summary], memory_runs: list[MemoryRun]) -> 
             )
     for wl in ("echo", "sleep"):
         for den in ("threads-fork", "mp-fork", "mp-fork-mtpc1"):
-            ratios = _ratios(table, wl, "leanpool", den, tps, memory=2000)
-            if ratios:
+            found = ratios(table, wl, "leanpool", den, tps, memory=2000)
+            if found:
                 extra = (
                     " (not in the issue's list; for reference)" if den == "mp-fork-mtpc1" else ""
                 )
                 out.append(
                     _ratio_target(
                         f"{wl}: leanpool >= 10 x {den} at 2000 MB{extra}",
-                        ratios,
+                        found,
                         at_least(10),
                         table,
                         (wl, "leanpool", den),
                     )
                 )
     for wl in ("echo", "sleep", "bigout"):
-        ratios = _ratios(table, wl, "leanpool", "threads", lambda s: s.cpu_us_per_task)
-        if ratios:
+        found = ratios(table, wl, "leanpool", "threads", lambda s: s.cpu_us_per_task)
+        if found:
             out.append(
                 _ratio_target(
                     f"{wl}: caller CPU/task, leanpool <= 1/5 of threads (ratio shown)",
-                    ratios,
+                    found,
                     lambda r: r <= 0.2,
                 )
             )
@@ -1195,10 +1055,10 @@ def evaluate_targets(summaries: list[Summary], memory_runs: list[MemoryRun]) -> 
                 f"{growth:.1f} MB",
             )
         )
-    ratios = _ratios(table, "bigout", "leanpool", "threads", lambda s: s.mb_per_s)
-    if ratios:
+    found = ratios(table, "bigout", "leanpool", "threads", lambda s: s.mb_per_s)
+    if found:
         out.append(
-            _ratio_target("bigout: leanpool MB/s >= 0.5 x threads", ratios, lambda r: r >= 0.5)
+            _ratio_target("bigout: leanpool MB/s >= 0.5 x threads", found, lambda r: r >= 0.5)
         )
     return out
 
@@ -1539,11 +1399,6 @@ def selfcheck() -> int:
 # -- the run -------------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str | None:
-    done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE, check=False)
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 PROVENANCE: Final = (
     "leanpool_sha256 is the code measured: source_hash() of the imported leanpool package "
     "(the directory in 'leanpool', from which the runner is started too), taken before the "
@@ -1554,45 +1409,19 @@ PROVENANCE: Final = (
 
 
 def machine_info() -> dict[str, Any]:
-    """What the numbers depend on, recorded with them; imports leanpool."""
-    import leanpool  # here, not at the top: see the note there
+    """What the numbers depend on, recorded with them; imports leanpool.
 
-    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
-    package_dir = os.path.dirname(os.path.abspath(leanpool.__file__ or ""))
-    # A --src tree unpacked from git has the engine's source, not its build: build it,
-    # as pip install would (the leanpool-py method measures the runner without it).
-    engine = build_engine(package_dir)
-    sha, files = source_hash(package_dir)
-    dirty = _git("status", "--porcelain", "--", str(HERE.parent / "src"))
+    A --src tree unpacked from git has the engine's source, not its build: it is built,
+    as pip install would (the leanpool-py method measures the runner without it).
+    """
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "memory": meminfo.split(":", 1)[1].strip(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "bin_sh": os.path.realpath("/bin/sh"),
+        **machine_basics(),
         "provenance": PROVENANCE,
-        "leanpool": package_dir,
-        "leanpool_sha256": sha,
-        "leanpool_engine": engine,
-        "leanpool_py_files": files,
-        "commit": _git("rev-parse", "--short", "HEAD") or None,
-        "checkout_src_dirty": None if dirty is None else bool(dirty),
+        **measured_leanpool(build=True),
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "checkout_src_dirty": src_dirty(),
         "argv": sys.argv,
     }
-
-
-def note_source_at_end(meta: dict[str, Any]) -> None:
-    """Hash the measured tree again; say so loudly when it changed during the run (the
-    runner loads the package from disk at each start, so the runs may differ)."""
-    sha, _ = source_hash(meta["leanpool"])
-    meta["leanpool_sha256_at_end"] = sha
-    if sha != meta["leanpool_sha256"]:
-        print(
-            f"\nWARNING: the leanpool source changed during the run (sha256 now {sha}): "
-            "the runs may have measured different code; pin it with --src",
-            file=sys.stderr,
-        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1765,7 +1594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "memory": [asdict(m) for m in memory_runs],
             "targets": [asdict(t) for t in targets or []],
         }
-        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
+        save_json(args.json, data)
 
     heap = Heap()
     try:
@@ -1810,9 +1639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 by_method: dict[str, list[Sample]] = {m: [] for m in methods}
                 for rep in range(args.repeats):
-                    # Rotate the order each repeat, so no method always runs first or last.
-                    order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
-                    for method in order:
+                    for method in rotated(methods, rep):
                         job = jobs[method]
                         sample = measure(
                             job, method, mb, rep, len(job.commands) < n, args.gil_probe

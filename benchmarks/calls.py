@@ -28,7 +28,7 @@ chunking), with the same number of workers:
   ``perf record`` attached to the caller, the runner and one worker.
 
 ``tiny`` and ``cpu`` run from a caller that first grows its heap to each ``--sizes``
-MiB (many small touched objects, as ``bench.py`` does), round-robin over the methods,
+MiB (many small touched objects: ``harness.Heap``), round-robin over the methods,
 the order rotating from one repeat to the next; each method's rate is also given as
 the *paired* ratio to the baseline (``ProcessPoolExecutor`` with fork, the default on
 Linux before Python 3.14): the median over the repeats of the method's rate over the
@@ -37,7 +37,8 @@ also records the caller's CPU per call, its reaped descendants' (workers, runner
 the CPU that processes outside its tree took meanwhile (the noise it suffered).  At the
 end the project's targets are printed as MET / NOT MET.
 
-Results and how to read them: ``docs/calls-benchmarks.md``.
+Results and how to read them: ``docs/calls-benchmarks.md``.  The measuring kit (/proc
+probes, the heap, paired statistics, the record, tables) is ``harness.py``'s.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import signal
 import statistics
@@ -65,7 +65,40 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from srcpath import source_hash, use_source_dir  # benchmarks/srcpath.py, beside this file
+from harness import (  # benchmarks/harness.py, beside this file
+    MIB,
+    Column,
+    Heap,
+    VerificationError,
+    children_of,
+    cmdline,
+    cpu_times,
+    descendants,
+    find_runner,
+    fmt_x,
+    foreign_cpu,
+    foreign_load,
+    git,
+    higher_peak,
+    machine_busy_s,
+    measured_leanpool,
+    memory_total,
+    note_source_at_end,
+    now_text,
+    paired,
+    remember_ours,
+    reset_peak,
+    rotated,
+    rss_bytes,
+    run_text,
+    save_json,
+    src_dirty,
+    stat_cpu_s,
+    status_kb,
+    table,
+    top_foreign,
+)
+from srcpath import use_source_dir  # benchmarks/srcpath.py, beside this file
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -75,8 +108,6 @@ SOURCE_DIR: Final = use_source_dir(sys.argv)
 # leanpool and the other pools are imported where they are used: a worker that imports
 # this file to find its functions (spawn, forkserver, leanpool) pays for none of them.
 
-HERE: Final = Path(__file__).resolve().parent
-MIB: Final = 1 << 20
 CRASH_AT: Final = 500
 """The input for which ``crash_on`` segfaults."""
 BASELINE: Final = "ppe-fork"
@@ -112,139 +143,7 @@ def crash_on(x: int) -> int:
     return x
 
 
-# -- /proc helpers -------------------------------------------------------------------------
-
-
-def rss_bytes() -> int:
-    """The caller's resident set size now (/proc/self/statm)."""
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def status_kb(field_name: str, pid: int | str = "self") -> int | None:
-    """A ``/proc/PID/status`` field in KiB (VmRSS, VmHWM); None once the process is gone."""
-    key = field_name.encode() + b":"
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak() -> None:
-    """Reset this process's VmHWM to its current RSS, so a run reports its own peak."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-TICK_S: Final = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def stat_cpu_s(path: str) -> float | None:
-    """utime + stime of a ``/proc/PID/stat`` or ``/proc/PID/task/TID/stat`` file."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine spent not idle (all CPUs, from /proc/stat)."""
-    with open("/proc/stat", "rb") as f:
-        cpu = f.readline().split()[1:]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in cpu[:8])
-    del idle, iowait
-    return (user + nice + system + irq + softirq + steal) * TICK_S
-
-
-OURS: Final[set[int]] = set()
-"""Every process seen as a descendant of this one: a pool process that outlives its
-pool's shutdown as an orphan is still ours, not noise."""
-
-
-def remember_ours() -> None:
-    OURS.update(pid for pid, _ in descendants())
-
-
-def foreign_cpu() -> dict[int, float]:
-    """CPU seconds so far of every process outside this one's tree (and not pid 1, which
-    inherits orphans, ours too): the difference of two snapshots is the other processes'
-    load in between, the noise a run suffered.  A lower bound: a process that starts or
-    ends in between is left out (its reaped children's CPU would come all at once, when
-    its parent reaps it, whenever it ran)."""
-    remember_ours()
-    ours = {os.getpid(), 1} | OURS
-    out: dict[int, float] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) in ours:
-            continue
-        try:
-            data = Path(f"/proc/{entry.name}/stat").read_bytes()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()
-        out[int(entry.name)] = (int(fields[11]) + int(fields[12])) * TICK_S
-    return out
-
-
-def foreign_load(a: dict[int, float], b: dict[int, float], seconds: float, cpus: int) -> float:
-    """Other processes' CPU between two ``foreign_cpu`` snapshots, as a share of all CPUs."""
-    busy = sum(max(0.0, cpu - a[pid]) for pid, cpu in b.items() if pid in a and pid not in OURS)
-    return busy / (seconds * cpus) if seconds > 0 else 0.0
-
-
-def top_foreign(a: dict[int, float], b: dict[int, float]) -> str:
-    """The other process that took the most CPU between two snapshots, for the record."""
-    deltas = [(cpu - a[pid], pid) for pid, cpu in b.items() if pid in a and pid not in OURS]
-    if not deltas:
-        return ""
-    cpu, pid = max(deltas)
-    name = cmdline(pid).replace(b"\0", b" ").decode(errors="replace").strip()[:80]
-    return f"{cpu:.2f} s: pid {pid} {name}"
-
-
-def caller_cpu_s() -> float:
-    """This process's own CPU seconds, every thread (getrusage: finer than ticks)."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    return me.ru_utime + me.ru_stime
-
-
-def children_cpu_s() -> float:
-    """CPU seconds of the descendants reaped so far (each counts its own reaped ones)."""
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return kids.ru_utime + kids.ru_stime
-
-
-def children_of(pid: int | str) -> list[int]:
-    out: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            out.extend(int(c) for c in children.read_text().split())
-    return out
-
-
-def descendants(pid: int | str = "self") -> list[tuple[int, int | str]]:
-    """Every live descendant of a process with its parent, children first."""
-    out: list[tuple[int, int | str]] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for child in children_of(parent):
-            out.append((child, parent))
-            todo.append(child)
-    return out
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+# -- where the calls' processes come from ------------------------------------------------
 
 
 def role_of(pid: int, parent: int | str) -> str:
@@ -258,39 +157,6 @@ def role_of(pid: int, parent: int | str) -> str:
     if b"resource_tracker" in line:
         return "resource tracker"
     return "workers"  # leanpool's, forks of the caller, spawned interpreters
-
-
-def find_runner() -> int | None:
-    for pid in children_of("self"):
-        if b"leanpool._runner.main" in cmdline(pid):
-            return pid
-    return None
-
-
-# -- the caller's heap ---------------------------------------------------------------------
-
-
-class Heap:
-    """The caller's memory, as ``bench.py`` builds it: many small tuples, ints and dicts,
-    each written when created, so every page is resident and a fork has page tables to
-    copy (one big bytes object would not do)."""
-
-    BLOCK: Final = 10_000
-
-    def __init__(self) -> None:
-        self._blocks: list[list[tuple[int, int, dict[str, int]]]] = []
-        self.items = 0
-
-    def grow_to(self, mb: int) -> float:
-        """Add objects until the caller's RSS reaches mb MiB; return the seconds it took."""
-        target = mb * MIB
-        start = time.perf_counter()
-        first = self.items
-        while rss_bytes() < target:
-            self._blocks.append([(k, -k, {"n": k}) for k in range(first, first + self.BLOCK)])
-            first += self.BLOCK
-        self.items = first
-        return time.perf_counter() - start
 
 
 # -- the methods ---------------------------------------------------------------------------
@@ -666,10 +532,6 @@ def package_version(method: type[Method]) -> str | None:
 # -- the throughput runs -------------------------------------------------------------------
 
 
-class VerificationError(Exception):
-    """A method returned a wrong value: its numbers must not be reported."""
-
-
 @dataclass(frozen=True)
 class Part:
     """One throughput workload: the function, its inputs, how many calls of each phase."""
@@ -743,7 +605,7 @@ def measure(
     faulthandler.dump_traceback_later(RUN_TIMEOUT_S, exit=True)
     try:
         f0 = foreign_cpu()
-        t0, c0, k0 = time.perf_counter(), caller_cpu_s(), children_cpu_s()
+        t0, (c0, k0) = time.perf_counter(), cpu_times()
         method.start(workers)
         ts = time.perf_counter()
         check(method, part, 0, 1)
@@ -754,7 +616,7 @@ def measure(
         t2 = time.perf_counter()
         remember_ours()
         method.stop()
-        t3, c3, k3 = time.perf_counter(), caller_cpu_s(), children_cpu_s()
+        t3, (c3, k3) = time.perf_counter(), cpu_times()
         f3 = foreign_cpu()
     finally:
         faulthandler.cancel_dump_traceback_later()
@@ -848,12 +710,6 @@ def summarize(samples: Sequence[Sample]) -> Summary:
     )
 
 
-def paired(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """The median over repeats of a's rate over b's in the same repeat."""
-    pairs = [x / y for x, y in zip(a, b, strict=False) if y]
-    return statistics.median(pairs) if pairs else None
-
-
 def add_pairs(rows: list[Summary]) -> None:
     base = next((r for r in rows if r.method == BASELINE), None)
     if base is None:
@@ -863,35 +719,27 @@ def add_pairs(rows: list[Summary]) -> None:
         r.paired_warm = paired(r.warm_all, base.warm_all)
 
 
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def print_block(rows: list[Summary], title: str) -> None:
+    """The table for one part at one caller size, fastest overall first."""
+    columns: list[Column[Summary]] = [
+        Column("method", 20, lambda r: r.method, left=True),
+        Column("overall/s", 9, lambda r: f"{r.overall_best:.0f}", "best"),
+        Column("median", 8, lambda r: f"{r.overall_median:.0f}"),
+        Column("x base", 6, lambda r: fmt_x(r.paired_overall), "paired"),
+        Column("warm/s", 8, lambda r: f"{r.warm_best:.0f}", "best"),
+        Column("median", 8, lambda r: f"{r.warm_median:.0f}"),
+        Column("x base", 6, lambda r: fmt_x(r.paired_warm), "paired"),
+        Column("first ms", 8, lambda r: f"{r.first_median_s * 1000:.1f}", "median"),
+        Column("submit", 7, lambda r: f"{r.submit_first_median_s * 1000:.1f}", "1st ms"),
+        Column("caller", 7, lambda r: f"{r.caller_cpu_us:.0f}", "us/call"),
+        Column("own", 7, lambda r: f"{r.own_cpu_us:.0f}", "us/call"),
+        Column("other", 6, lambda r: f"{r.other_load_max:.0%}", "load"),
+    ]
+    if rows[0].part == "cpu":
+        columns.append(Column("eff", 5, lambda r: fmt_x(r.efficiency_best)))
+        columns.append(Column("warm eff", 8, lambda r: fmt_x(r.warm_efficiency_best)))
     print(title)
-    cpu = rows[0].part == "cpu"
-    head = (
-        f"  {'method':<20} {'overall/s':>9} {'median':>8} {'x base':>6} "
-        f"{'warm/s':>8} {'median':>8} {'x base':>6} {'first ms':>8} {'submit':>7} "
-        f"{'caller':>7} {'own':>7} {'other':>6}"
-    )
-    if cpu:
-        head += f" {'eff':>5} {'warm eff':>8}"
-    print(head)
-    print(
-        f"  {'':<20} {'best':>9} {'':>8} {'paired':>6} {'best':>8} {'':>8} {'paired':>6} "
-        f"{'median':>8} {'1st ms':>7} {'us/call':>7} {'us/call':>7} {'load':>6}"
-    )
-    for r in sorted(rows, key=lambda r: -r.overall_best):
-        line = (
-            f"  {r.method:<20} {r.overall_best:>9.0f} {r.overall_median:>8.0f} "
-            f"{_x(r.paired_overall):>6} {r.warm_best:>8.0f} {r.warm_median:>8.0f} "
-            f"{_x(r.paired_warm):>6} {r.first_median_s * 1000:>8.1f} "
-            f"{r.submit_first_median_s * 1000:>7.1f} {r.caller_cpu_us:>7.0f} "
-            f"{r.own_cpu_us:>7.0f} {r.other_load_max:>6.0%}"
-        )
-        if cpu:
-            line += f" {_x(r.efficiency_best):>5} {_x(r.warm_efficiency_best):>8}"
+    for line in table(columns, sorted(rows, key=lambda r: -r.overall_best)):
         print(line)
     print(
         f"  x base = paired ratio to {BASELINE}; first = from creating the pool, submit = "
@@ -1054,10 +902,8 @@ def child_memory(method: Method, n: int, workers: int) -> int:
                     "caller_rss_mb": round(now / MIB, 2),
                 }
             )
-            if runner_peak is None and (pid := find_runner()) is not None:
-                runner_peak = status_kb("VmHWM", pid)
-            elif (pid := find_runner()) is not None:
-                runner_peak = max(runner_peak or 0, status_kb("VmHWM", pid) or 0)
+            if (pid := find_runner()) is not None:
+                runner_peak = higher_peak(runner_peak, status_kb("VmHWM", pid))
     seconds = time.perf_counter() - t0
     if expected != n:
         raise VerificationError(f"{method.name}: {expected} values for {n} calls")
@@ -1523,8 +1369,8 @@ def evaluate_targets(
             pw = paired(lean.warm_all, other.warm_all)
             detail = (
                 f"overall {lean.overall_best:.0f} / {other.overall_best:.0f} = {r:.2f} (paired "
-                f"{_x(pr)}); warm {lean.warm_best:.0f} / {other.warm_best:.0f} = {rw:.2f} "
-                f"(paired {_x(pw)})"
+                f"{fmt_x(pr)}); warm {lean.warm_best:.0f} / {other.warm_best:.0f} = {rw:.2f} "
+                f"(paired {fmt_x(pw)})"
             )
             default = " (the default context on Linux before 3.14)" if den == "ppe-fork" else ""
             out.append(
@@ -1549,7 +1395,7 @@ def evaluate_targets(
             r = lean.overall_best / other.overall_best
             pr = paired(lean.overall_all, other.overall_all)
             ok = ok and r > 1.0
-            parts.append(f"{den} {r:.2f} (paired {_x(pr)})")
+            parts.append(f"{den} {r:.2f} (paired {fmt_x(pr)})")
         out.append(
             Target(
                 f"tiny at {hi} MB: {name} ahead of every fork-based pool (overall, best)",
@@ -1593,33 +1439,20 @@ def evaluate_targets(
 # -- the record ----------------------------------------------------------------------------
 
 
-def _run_text(*argv: str) -> str | None:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=HERE, check=False)
-    except OSError:
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def machine_info(available: dict[str, str | None]) -> dict[str, Any]:
-    import leanpool
-
-    package_dir = os.path.dirname(os.path.abspath(leanpool.__file__ or ""))
-    sha, files = source_hash(package_dir)
-    dirty = _run_text("git", "status", "--porcelain", "--", str(HERE.parent / "src"))
+    """What the numbers depend on, with the versions of the pools' packages; imports
+    leanpool."""
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "uname": _run_text("uname", "-a"),
-        "nproc": _run_text("nproc"),
+        "date": now_text(),
+        "uname": run_text("uname", "-a"),
+        "nproc": run_text("nproc"),
         "cpus_usable": len(os.sched_getaffinity(0)),
-        "memory": Path("/proc/meminfo").read_text().split("\n", 1)[0].split(":", 1)[1].strip(),
+        "memory": memory_total(),
         "python": platform.python_version(),
         "python_executable": sys.executable,
-        "leanpool": package_dir,
-        "leanpool_sha256": sha,
-        "leanpool_py_files": files,
-        "commit": _run_text("git", "rev-parse", "--short", "HEAD"),
-        "checkout_src_dirty": None if dirty is None else bool(dirty),
+        **measured_leanpool(),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "checkout_src_dirty": src_dirty(),
         "packages": available,
         "argv": sys.argv,
     }
@@ -1722,7 +1555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def save() -> None:
         if args.json:
-            Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+            save_json(args.json, record)
 
     crashes: list[CrashRun] = []
     memory: list[MemoryRun] = []
@@ -1804,9 +1637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             by: dict[tuple[str, str], list[Sample]] = collections.defaultdict(list)
             failed: set[tuple[str, str]] = set()
             for rep in range(args.repeats):
-                order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
                 for part in part_list:
-                    for name in order:
+                    for name in rotated(methods, rep):
                         if (part.name, name) in failed:
                             continue
                         method = METHODS[name]()
@@ -1851,10 +1683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["date_end"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     targets = evaluate_targets(summaries, memory, crashes, sizes)
     record["targets"] = [asdict(t) for t in targets]
-    sha, _ = source_hash(meta["leanpool"])
-    record["meta"]["leanpool_sha256_at_end"] = sha
-    if sha != meta["leanpool_sha256"]:
-        print("\nWARNING: the leanpool source changed during the run", file=sys.stderr)
+    note_source_at_end(meta)
     save()
     if targets:
         print("\nTargets:")

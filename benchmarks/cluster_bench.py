@@ -53,7 +53,8 @@ reached memory and, for leanpool's batches, their compute times on the workers.
 ``--report OUT`` prints a saved run's report again from OUT.json, with this version's
 summary.  The leanpool measured is ``git archive COMMIT src`` (``--commit``, default HEAD),
 unpacked into a scratch directory and put first on PYTHONPATH for the CLI, the
-driver and the workers: edits to the checkout during the run do not change it.
+driver and the workers: edits to the checkout during the run do not change it.  The
+measuring kit (/proc probes, statistics, the record, tables) is ``harness.py``'s.
 """
 
 from __future__ import annotations
@@ -64,13 +65,10 @@ import importlib
 import importlib.metadata
 import json
 import os
-import platform
 import random
 import signal
-import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -78,12 +76,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+from harness import (  # benchmarks/harness.py, beside this file
+    HERE,
+    Column,
+    Poller,
+    find_child,
+    fmt,
+    fmt_mb,
+    fmt_us,
+    git,
+    higher_peak,
+    machine_basics,
+    machine_busy_s,
+    median_or_none,
+    proc_cpu,
+    reset_peak,
+    save_json,
+    spread,
+    src_dirty,
+    status_kb,
+    table,
+    terminated_on_sigterm,
+    tree_cpu,
+    unpack_source,
+    wait_quiet,
+    wait_unreaped,
+)
 
-HERE: Final = Path(__file__).resolve().parent
-REPO: Final = HERE.parent
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
 DRIVER_MARK: Final = b"leanpool._cluster.driver"
 PLUGIN_NAME: Final = "cluster-bench-counter"
 SAMPLE_S: Final = 0.05
@@ -104,104 +126,6 @@ PHASES: Final = ("startup", "speed", "threads4", "memory")
 QUIET_WAIT: Final = [QUIET_WAIT_S]
 """The longest wait for a quiet machine before a run, as ``--quiet-wait`` set it."""
 WORKERS: Final = 2
-
-
-# -- /proc -------------------------------------------------------------------------------
-
-
-def proc_cpu(pid: int) -> tuple[float, float] | None:
-    """(own user+sys, waited-for children's user+sys) CPU seconds of a process, from
-    /proc/PID/stat; None once it is gone.  A zombie still has them."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    # fields[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
-    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    children = (int(fields[13]) + int(fields[14])) / CLK_TCK
-    return own, children
-
-
-def proc_status_kb(pid: int, key: bytes) -> int | None:
-    """A ``kB`` line of /proc/PID/status (VmHWM, VmRSS); None when gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak(pid: int) -> None:
-    """Reset a process's VmHWM to its current RSS (it must be ours)."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
-
-
-def children_of(pid: int) -> list[int]:
-    out: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            out.extend(int(p) for p in path.read_text().split())
-    return out
-
-
-def tree_of(root: int) -> list[int]:
-    """The process and every live descendant."""
-    todo, seen = [root], []
-    while todo:
-        pid = todo.pop()
-        seen.append(pid)
-        todo.extend(children_of(pid))
-    return seen
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds of a process tree: each live process's own and its reaped children's
-    (a child reaped between two reads moves from its own count to its parent's)."""
-    total = 0.0
-    for pid in tree_of(root):
-        cpu = proc_cpu(pid)
-        if cpu is not None:
-            total += cpu[0] + cpu[1]
-    return total
-
-
-def machine_busy_s() -> float:
-    """Busy CPU seconds of the whole machine since boot (all but idle and iowait)."""
-    head = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    values = [int(v) for v in head[1:9]]
-    return (sum(values) - values[3] - values[4]) / CLK_TCK
-
-
-def others_cores(window: float) -> float:
-    """Cores the machine spent over ``window`` seconds on processes not of this benchmark
-    (not this process or its descendants): another program competing for the CPUs."""
-    busy, ours = machine_busy_s(), tree_cpu(os.getpid())
-    time.sleep(window)
-    return max(0.0, (machine_busy_s() - busy) - (tree_cpu(os.getpid()) - ours)) / window
-
-
-def wait_quiet(limit: float = QUIET_CORES, longest: float = QUIET_WAIT_S) -> float:
-    """Wait (up to ``longest`` seconds) until other programs use under ``limit`` cores;
-    return the last measure."""
-    deadline = time.monotonic() + longest
-    while True:
-        cores = others_cores(1.0)
-        if cores < limit or time.monotonic() >= deadline:
-            return cores
-        print(f"    (other programs use {cores:.2f} cores: waiting)", flush=True)
-
-
-def find_child(pid: int, mark: bytes) -> int | None:
-    for child in children_of(pid):
-        with contextlib.suppress(OSError):
-            if mark in Path(f"/proc/{child}/cmdline").read_bytes():
-                return child
-    return None
 
 
 def distributed() -> Any:
@@ -548,12 +472,13 @@ class Run:
         return None if seconds is None else seconds / self.n * 1e6
 
 
-class Watch:
+class Watch(Poller):
     """Samples, every ``SAMPLE_S`` while a command runs: its cluster driver's VmHWM and
     CPU, the scheduler's VmHWM and the command's own VmHWM (all kernel peaks, so a
     sample misses only what comes after the last one)."""
 
     def __init__(self, cmd_pid: int, scheduler_pid: int | None, cluster: Cluster) -> None:
+        super().__init__(SAMPLE_S, "watch")
         self.cmd_pid = cmd_pid
         self.cluster = cluster
         self.problem: str | None = None
@@ -567,15 +492,7 @@ class Watch:
         self.timeline: list[list[float]] = []
         self._began = time.monotonic()
         self._next_point = self._began
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _max(old: int | None, new: int | None) -> int | None:
-        if new is None:
-            return old
-        return new if old is None else max(old, new)
+        self.start()
 
     def sample(self) -> None:
         if self.problem is None:
@@ -586,35 +503,23 @@ class Watch:
         if self.driver_pid is None:
             self.driver_pid = find_child(self.cmd_pid, DRIVER_MARK)
         if self.driver_pid is not None:
-            self.driver_peak_kb = self._max(
-                self.driver_peak_kb, proc_status_kb(self.driver_pid, b"VmHWM:")
+            self.driver_peak_kb = higher_peak(
+                self.driver_peak_kb, status_kb("VmHWM", self.driver_pid)
             )
             cpu = proc_cpu(self.driver_pid)
             if cpu is not None:
                 self.driver_cpu_s = cpu[0]
         if self.scheduler_pid is not None:
-            self.scheduler_peak_kb = self._max(
-                self.scheduler_peak_kb, proc_status_kb(self.scheduler_pid, b"VmHWM:")
+            self.scheduler_peak_kb = higher_peak(
+                self.scheduler_peak_kb, status_kb("VmHWM", self.scheduler_pid)
             )
-        self.cmd_peak_kb = self._max(self.cmd_peak_kb, proc_status_kb(self.cmd_pid, b"VmHWM:"))
+        self.cmd_peak_kb = higher_peak(self.cmd_peak_kb, status_kb("VmHWM", self.cmd_pid))
         now = time.monotonic()
         if now >= self._next_point:
             self._next_point = now + TIMELINE_S
-            driver = 0 if self.driver_pid is None else proc_status_kb(self.driver_pid, b"VmRSS:")
-            sched = (
-                None
-                if self.scheduler_pid is None
-                else proc_status_kb(self.scheduler_pid, b"VmRSS:")
-            )
+            driver = 0 if self.driver_pid is None else status_kb("VmRSS", self.driver_pid)
+            sched = None if self.scheduler_pid is None else status_kb("VmRSS", self.scheduler_pid)
             self.timeline.append([round(now - self._began, 1), driver or 0, sched or 0])
-
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
-            self.sample()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -> Run:
@@ -623,9 +528,9 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
     err_path = scratch / "err.txt"
     cluster.counts()  # forget what earlier runs (and warm-ups) left in the counts
     if run.phase != "warmup":
-        run.others_before = wait_quiet(longest=QUIET_WAIT[0])
+        run.others_before = wait_quiet(QUIET_CORES, QUIET_WAIT[0])
     sched = cluster.scheduler_pid
-    run.scheduler_rss_before_kb = proc_status_kb(sched, b"VmRSS:")
+    run.scheduler_rss_before_kb = status_kb("VmRSS", sched)
     reset_peak(sched)
     sched_before = proc_cpu(sched)
     workers_before = cluster.workers_cpu()
@@ -661,7 +566,7 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
         try:
             # Wait for its exit without reaping it: its zombie still holds its CPU times,
             # and those of the children it waited for (the cluster driver).
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            wait_unreaped(proc.pid)
             ended = time.perf_counter()
             cpu = proc_cpu(proc.pid)
             _, status, _ = os.wait4(proc.pid, 0)
@@ -686,7 +591,7 @@ def run_command(run: Run, workload: Workload, cluster: Cluster, scratch: Path) -
     run.machine_busy_s = machine_busy_s() - busy_before
     run.others_cpu_s = max(0.0, run.machine_busy_s - (tree_cpu(os.getpid()) - ours_before))
     run.bench_cpu_s = time.process_time() - bench_before
-    watch.scheduler_peak_kb = Watch._max(watch.scheduler_peak_kb, proc_status_kb(sched, b"VmHWM:"))
+    watch.scheduler_peak_kb = higher_peak(watch.scheduler_peak_kb, status_kb("VmHWM", sched))
     run.driver_peak_kb = watch.driver_peak_kb
     run.driver_cpu_sampled_s = watch.driver_cpu_s
     run.scheduler_peak_kb = watch.scheduler_peak_kb
@@ -811,16 +716,8 @@ class Report:
             "runs": [asdict(r) for r in self.runs],
             "summary": summarize(self.runs),
         }
-        Path(out + ".json").write_text(json.dumps(data, indent=1) + "\n")
+        save_json(out + ".json", data)
         Path(out + ".txt").write_text("\n".join(self.lines) + "\n")
-
-
-def fmt_us(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def fmt_mb(kb: int | None) -> str:
-    return "-" if kb is None else f"{kb / 1024:,.1f}"
 
 
 def describe(run: Run) -> str:
@@ -885,17 +782,6 @@ def warm_up(
 # -- statistics ----------------------------------------------------------------------------
 
 
-def _median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def _spread(points: list[list[float]], k: int) -> list[list[float]]:
-    """k points spread evenly over a timeline, its first and last included."""
-    if len(points) <= k:
-        return points
-    return [points[round(i * (len(points) - 1) / (k - 1))] for i in range(k)]
-
-
 def summarize(runs: list[Run]) -> dict[str, Any]:
     """Per (phase, workload, method): rates and costs over its good runs; per workload,
     the paired ratios; the memory runs as they are."""
@@ -918,33 +804,39 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
                 "runs": len(group),
                 "failed": len(group) - len(good),
                 "tps_best": max((r.tps for r in good), default=None),
-                "tps_median": _median([r.tps for r in good]),
-                "wall_median_s": _median([r.wall_s for r in good]),
-                "first_result_median_s": _median(
+                "tps_median": median_or_none([r.tps for r in good]),
+                "wall_median_s": median_or_none([r.wall_s for r in good]),
+                "first_result_median_s": median_or_none(
                     [r.first_result_s for r in good if r.first_result_s is not None]
                 ),
-                "driver_us_per_task": _median(
+                "driver_us_per_task": median_or_none(
                     [r.driver_cpu_s / r.n * 1e6 for r in good if r.driver_cpu_s is not None]
                 ),
-                "driver_sampled_us_per_task": _median(
+                "driver_sampled_us_per_task": median_or_none(
                     [
                         r.driver_cpu_sampled_s / r.n * 1e6
                         for r in good
                         if r.driver_cpu_sampled_s is not None
                     ]
                 ),
-                "cmd_us_per_task": _median([r.cmd_cpu_s / r.n * 1e6 for r in good]),
-                "scheduler_us_per_task": _median([r.scheduler_cpu_s / r.n * 1e6 for r in good]),
-                "workers_us_per_task": _median([r.workers_cpu_s / r.n * 1e6 for r in good]),
-                "machine_us_per_task": _median([r.machine_busy_s / r.n * 1e6 for r in good]),
-                "ours_us_per_task": _median(
+                "cmd_us_per_task": median_or_none([r.cmd_cpu_s / r.n * 1e6 for r in good]),
+                "scheduler_us_per_task": median_or_none(
+                    [r.scheduler_cpu_s / r.n * 1e6 for r in good]
+                ),
+                "workers_us_per_task": median_or_none([r.workers_cpu_s / r.n * 1e6 for r in good]),
+                "machine_us_per_task": median_or_none([r.machine_busy_s / r.n * 1e6 for r in good]),
+                "ours_us_per_task": median_or_none(
                     [(r.machine_busy_s - r.others_cpu_s) / r.n * 1e6 for r in good]
                 ),
                 "others_cores_max": max(
                     (r.others_cpu_s / r.wall_s for r in good if r.wall_s), default=None
                 ),
-                "batches_median": _median([r.batches for r in good if r.batches is not None]),
-                "batch_compute_median_s": _median([s for r in good for s in r.batch_compute_s]),
+                "batches_median": median_or_none(
+                    [r.batches for r in good if r.batches is not None]
+                ),
+                "batch_compute_median_s": median_or_none(
+                    [s for r in good for s in r.batch_compute_s]
+                ),
                 "batch_compute_max_s": max(
                     (s for r in good for s in r.batch_compute_s), default=None
                 ),
@@ -956,7 +848,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     # A driver's CPU beyond its fixed cost (importing dask, connecting, starting): the
     # same run's CPU less the median of the one-task runs, over the tasks beyond one.
     fixed = {
-        row["method"]: _median(
+        row["method"]: median_or_none(
             [
                 r.driver_cpu_s
                 for r in runs
@@ -984,10 +876,10 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             if base is not None and r.driver_cpu_s is not None and r.n > 1
         ]
         row["driver_fixed_s"] = base
-        row["driver_marginal_us_per_task"] = _median(marginal)
+        row["driver_marginal_us_per_task"] = median_or_none(marginal)
     # The scheduler's own idle cost (heartbeats, periodic work): its CPU per second while
     # a local run goes on (no Dask work); what it spends beyond that is the runs' work.
-    idle = _median(
+    idle = median_or_none(
         [
             r.scheduler_cpu_s / r.wall_s
             for r in runs
@@ -1007,11 +899,11 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         row["scheduler_beyond_idle_us_per_task"] = (
             None
             if idle is None
-            else _median([b / r.n * 1e6 for b, r in zip(beyond, good, strict=True)])
+            else median_or_none([b / r.n * 1e6 for b, r in zip(beyond, good, strict=True)])
         )
         per_batch = [b / r.batches * 1e3 for b, r in zip(beyond, good, strict=True) if r.batches]
         row["scheduler_beyond_idle_ms_per_batch"] = (
-            None if idle is None or row["method"] != "cluster" else _median(per_batch)
+            None if idle is None or row["method"] != "cluster" else median_or_none(per_batch)
         )
     ratios = []
     speed = [r for r in runs if r.phase == "speed"]
@@ -1029,7 +921,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
                     "ratio": f"cluster/{other}",
                     "pairs": [round(p, 3) for p in pairs],
                     "best": max(pairs, default=None),
-                    "median": _median(pairs),
+                    "median": median_or_none(pairs),
                 }
             )
     memory = [
@@ -1052,10 +944,10 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             else (r.driver_cpu_s - (fixed["cluster"] or 0.0)) / (r.n - 1) * 1e6,
             "scheduler_us_per_task": r.per_task_us(r.scheduler_cpu_s),
             "batches": r.batches,
-            "batch_compute_median_s": _median(r.batch_compute_s),
+            "batch_compute_median_s": median_or_none(r.batch_compute_s),
             "others_cores": r.others_cpu_s / r.wall_s if r.wall_s else None,
             "rss_along_mb": [
-                [p[0], round(p[1] / 1024, 1), round(p[2] / 1024, 1)] for p in _spread(r.timeline, 6)
+                [p[0], round(p[1] / 1024, 1), round(p[2] / 1024, 1)] for p in spread(r.timeline, 6)
             ],
         }
         for r in runs
@@ -1064,32 +956,41 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     return {"methods": rows, "ratios": ratios, "memory": memory}
 
 
+Row = dict[str, Any]
+"""A row of ``summarize``'s tables, as the record saves it."""
+
+
+def cell(key: str, spec: str = "") -> Callable[[Row], str]:
+    """A table cell showing a row's value at key (formatted by spec), "-" for None."""
+    return lambda row: fmt(row[key], spec)
+
+
 def print_summary(report: Report) -> None:
     summary = summarize(report.runs)
     say = report.say
     say("\nSpeed (good runs only; tps best/median; CPU medians, microseconds per task)")
-    say(
-        f"  {'workload':<8} {'method':<11} {'thr':>3} {'-j':>3} {'n':>6} {'best/s':>8} "
-        f"{'median/s':>8} {'wall s':>7} {'first s':>7} {'driver':>7} {'drv+':>6} {'sched':>6} "
-        f"{'workers':>7} {'ours':>7} {'others':>6} {'batches':>7} {'batch s':>7} {'fail':>4}"
-    )
-    for row in summary["methods"]:
-
-        def num(key: str, spec: str, row: dict[str, Any] = row) -> str:
-            value = row[key]
-            return "-" if value is None else format(value, spec)
-
-        say(
-            f"  {row['workload']:<8} {row['method']:<11} {row['threads_per_worker']:>3} "
-            f"{row['parallel_per_batch']:>3} {row['n']:>6} {num('tps_best', ',.0f'):>8} "
-            f"{num('tps_median', ',.0f'):>8} {num('wall_median_s', '.2f'):>7} "
-            f"{num('first_result_median_s', '.2f'):>7} {num('driver_us_per_task', ',.0f'):>7} "
-            f"{num('driver_marginal_us_per_task', ',.0f'):>6} "
-            f"{num('scheduler_us_per_task', ',.0f'):>6} {num('workers_us_per_task', ',.0f'):>7} "
-            f"{num('ours_us_per_task', ',.0f'):>7} {num('others_cores_max', '.2f'):>6} "
-            f"{num('batches_median', '.0f'):>7} "
-            f"{num('batch_compute_median_s', '.2f'):>7} {row['failed']:>4}"
-        )
+    speed: list[Column[Row]] = [
+        Column("workload", 8, cell("workload"), left=True),
+        Column("method", 11, cell("method"), left=True),
+        Column("thr", 3, cell("threads_per_worker")),
+        Column("-j", 3, cell("parallel_per_batch")),
+        Column("n", 6, cell("n")),
+        Column("best/s", 8, cell("tps_best", ",.0f")),
+        Column("median/s", 8, cell("tps_median", ",.0f")),
+        Column("wall s", 7, cell("wall_median_s", ".2f")),
+        Column("first s", 7, cell("first_result_median_s", ".2f")),
+        Column("driver", 7, cell("driver_us_per_task", ",.0f")),
+        Column("drv+", 6, cell("driver_marginal_us_per_task", ",.0f")),
+        Column("sched", 6, cell("scheduler_us_per_task", ",.0f")),
+        Column("workers", 7, cell("workers_us_per_task", ",.0f")),
+        Column("ours", 7, cell("ours_us_per_task", ",.0f")),
+        Column("others", 6, cell("others_cores_max", ".2f")),
+        Column("batches", 7, cell("batches_median", ".0f")),
+        Column("batch s", 7, cell("batch_compute_median_s", ".2f")),
+        Column("fail", 4, cell("failed")),
+    ]
+    for line in table(speed, summary["methods"]):
+        say(line)
     say("  driver: the cluster driver (cluster) or the plain Dask client, per task; drv+:")
     say("  the same beyond its fixed cost (the median one-task run's), per task beyond one;")
     say("  sched: the scheduler; workers: both workers' process trees (tasks included);")
@@ -1098,26 +999,31 @@ def print_summary(report: Report) -> None:
     say("  median compute seconds of leanpool's batches on a worker; thr: threads per")
     say("  worker; -j: tasks at once per batch (runner).")
     say("\nCosts per task and per batch (medians)")
-    say(
-        f"  {'workload':<8} {'method':<11} {'thr':>3} {'driver us':>9} {'beyond fixed':>12} "
-        f"{'1/that':>8} {'sched us':>8} {'beyond idle':>11} {'ms/batch':>8} {'tasks/batch':>11}"
-    )
-    for row in summary["methods"]:
-        if row["phase"] == "startup" or row["method"] == "local":
-            continue
+
+    def bound(row: Row) -> str:
+        """The tasks/s one driver could keep up with at its cost beyond its fixed one."""
         marginal = row["driver_marginal_us_per_task"]
-        bound = "-" if not marginal else f"{1e6 / marginal:,.0f}/s"
-        per_batch = row["scheduler_beyond_idle_ms_per_batch"]
+        return "-" if not marginal else f"{1e6 / marginal:,.0f}/s"
+
+    def per_batch(row: Row) -> str:
         batches = row["batches_median"]
-        per = "-" if not batches else f"{row['n'] / batches:,.0f}"
-        say(
-            f"  {row['workload']:<8} {row['method']:<11} {row['threads_per_worker']:>3} "
-            f"{fmt_us(row['driver_us_per_task']):>9} {fmt_us(marginal):>12} {bound:>8} "
-            f"{fmt_us(row['scheduler_us_per_task']):>8} "
-            f"{fmt_us(row['scheduler_beyond_idle_us_per_task']):>11} "
-            f"{'-' if per_batch is None else f'{per_batch:.1f}':>8} "
-            f"{per:>11}"
-        )
+        return "-" if not batches else f"{row['n'] / batches:,.0f}"
+
+    costs: list[Column[Row]] = [
+        *speed[:3],
+        Column("driver us", 9, cell("driver_us_per_task", ",.0f")),
+        Column("beyond fixed", 12, cell("driver_marginal_us_per_task", ",.0f")),
+        Column("1/that", 8, bound),
+        Column("sched us", 8, cell("scheduler_us_per_task", ",.0f")),
+        Column("beyond idle", 11, cell("scheduler_beyond_idle_us_per_task", ",.0f")),
+        Column("ms/batch", 8, cell("scheduler_beyond_idle_ms_per_batch", ".1f")),
+        Column("tasks/batch", 11, per_batch),
+    ]
+    rows = [
+        row for row in summary["methods"] if row["phase"] != "startup" and row["method"] != "local"
+    ]
+    for line in table(costs, rows):
+        say(line)
     idle = next((r["scheduler_idle_cores"] for r in summary["methods"]), None)
     say("  beyond fixed: the driver's CPU less a one-task run's, per task beyond one; 1/that:")
     say("  the tasks/s one driver could keep up with at that cost, one core to itself;")
@@ -1135,23 +1041,22 @@ def print_summary(report: Report) -> None:
         )
     if summary["memory"]:
         say("\nMemory: `true` tasks on the cluster, -j 8 per batch (peak RSS, MB)")
-        say(
-            f"  {'n':>9} {'wall s':>7} {'tasks/s':>8} {'driver':>7} {'sched before':>12} "
-            f"{'sched peak':>10} {'CLI':>6} {'drv us':>6} {'drv+':>6} {'sch us':>6} "
-            f"{'batches':>7}  ok"
-        )
-        for m in summary["memory"]:
-
-            def mb(key: str, m: dict[str, Any] = m) -> str:
-                return "-" if m[key] is None else f"{m[key]:.1f}"
-
-            say(
-                f"  {m['n']:>9,} {m['wall_s']:>7.1f} {m['tps']:>8,.0f} {mb('driver_peak_mb'):>7} "
-                f"{mb('scheduler_rss_before_mb'):>12} {mb('scheduler_peak_mb'):>10} "
-                f"{mb('cli_peak_mb'):>6} {fmt_us(m['driver_us_per_task']):>6} "
-                f"{fmt_us(m['driver_marginal_us_per_task']):>6} "
-                f"{fmt_us(m['scheduler_us_per_task']):>6} {m['batches'] or '-':>7}  {m['ok']}"
-            )
+        memory: list[Column[Row]] = [
+            Column("n", 9, cell("n", ",")),
+            Column("wall s", 7, cell("wall_s", ".1f")),
+            Column("tasks/s", 8, cell("tps", ",.0f")),
+            Column("driver", 7, cell("driver_peak_mb", ".1f")),
+            Column("sched before", 12, cell("scheduler_rss_before_mb", ".1f")),
+            Column("sched peak", 10, cell("scheduler_peak_mb", ".1f")),
+            Column("CLI", 6, cell("cli_peak_mb", ".1f")),
+            Column("drv us", 6, cell("driver_us_per_task", ",.0f")),
+            Column("drv+", 6, cell("driver_marginal_us_per_task", ",.0f")),
+            Column("sch us", 6, cell("scheduler_us_per_task", ",.0f")),
+            Column("batches", 7, lambda m: str(m["batches"] or "-")),
+            Column("ok", 2, cell("ok"), left=True, gap="  "),
+        ]
+        for line in table(memory, summary["memory"]):
+            say(line)
         say("  RSS along each run (seconds: driver MB / scheduler MB):")
         for m in summary["memory"]:
             along = ", ".join(f"{t:.0f} s: {d:.1f}/{c:.1f}" for t, d, c in m["rss_along_mb"])
@@ -1193,36 +1098,19 @@ def print_targets(report: Report, summary: dict[str, Any]) -> None:
 # -- main ----------------------------------------------------------------------------------
 
 
-def git(*args: str) -> str | None:
-    done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, check=False)
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def unpack_source(commit: str, scratch: Path) -> Path:
-    """``git archive COMMIT src``, unpacked under scratch: the leanpool measured."""
-    archive = scratch / "src.tar"
-    with open(archive, "wb") as f:
-        subprocess.run(["git", "archive", commit, "src"], stdout=f, cwd=REPO, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(scratch / "code", filter="data")
-    return scratch / "code" / "src"
-
-
 def machine_info(commit: str, src: Path) -> dict[str, Any]:
-    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
+    """What the numbers depend on, dask's versions and the commit measured among them."""
+    basics = machine_basics()
+    bin_sh = basics.pop("bin_sh")  # after dask's versions, where the records have it
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "memory": meminfo.split(":", 1)[1].strip(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        **basics,
         "dask": importlib.metadata.version("dask"),
         "distributed": importlib.metadata.version("distributed"),
-        "bin_sh": os.path.realpath("/bin/sh"),
+        "bin_sh": bin_sh,
         "commit": git("rev-parse", commit),
         "commit_short": git("rev-parse", "--short", commit),
         "measured_source": f"git archive {commit} src, unpacked to {src} (PYTHONPATH)",
-        "checkout_src_dirty": bool(git("status", "--porcelain", "--", "src")),
+        "checkout_src_dirty": src_dirty(),
         "argv": sys.argv,
     }
 
@@ -1286,20 +1174,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--plain-dask-driver", nargs=2, metavar=("ADDRESS", "FILE"), help=argparse.SUPPRESS
     )
     return parser.parse_args(argv)
-
-
-@contextlib.contextmanager
-def terminated_on_sigterm() -> Iterator[None]:
-    """A SIGTERM ends the run through the finally clauses (so the cluster is torn down)."""
-
-    def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def say_header(report: Report) -> None:

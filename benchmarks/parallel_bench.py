@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import git  # benchmarks/harness.py, beside this file
+
 LEANPOOL = [sys.executable, "-m", "leanpool", "parallel"]
 
 
@@ -151,9 +153,7 @@ def main() -> None:
             "uname": " ".join(platform.uname()),
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
-            "commit": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-            ).stdout.strip(),
+            "commit": git("rev-parse", "--short", "HEAD") or "",
             "gnu_parallel": _version("parallel"),
         },
         "jobs": args.jobs,

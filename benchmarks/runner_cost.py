@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness import CLK_TCK, build_ceiling, stat_ticks, wait_unreaped  # beside this file
 from srcpath import build_engine, use_source_dir  # benchmarks/srcpath.py, beside this file
 
 SOURCE_DIR = use_source_dir(sys.argv)
@@ -50,7 +51,6 @@ from leanpool._caller.process import runner_command  # noqa: E402
 if TYPE_CHECKING:
     from leanpool._protocol.config import RunnerConfig
 
-HERE = Path(__file__).resolve().parent
 METHODS = ("engine", "python", "ceiling")
 
 
@@ -80,10 +80,10 @@ def _runner_argv(package_dir: str, tasks: str, parallel: int) -> list[str]:
 
 def _zombie_cpu(pid: int) -> tuple[float, float]:
     """(user, system) seconds of an exited, unreaped child, its own children excluded."""
-    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
+    wait_unreaped(pid)
+    ticks = stat_ticks(f"/proc/{pid}/stat")
+    assert ticks is not None, "an unreaped child keeps its /proc entry"
+    return ticks[0] / CLK_TCK, ticks[1] / CLK_TCK
 
 
 def _count_ceiling_records(stream: bytes, n: int) -> int:
@@ -149,14 +149,6 @@ def one_run(
     }
 
 
-def _build_ceiling() -> str:
-    source, binary = HERE / "ceiling.c", HERE / "_build" / "ceiling"
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-        binary.parent.mkdir(exist_ok=True)
-        subprocess.run(["cc", "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
-    return str(binary)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=2000, help="tasks per run")
@@ -196,7 +188,10 @@ def main() -> None:
                 jsonl.write(json.dumps({"id": i, "cmd": cmd}) + "\n")
                 lines.write(cmd + "\n")
         if "ceiling" in methods:
-            files["ceiling"] = _build_ceiling()
+            ceiling = build_ceiling()
+            if ceiling is None:
+                sys.exit("no C compiler (cc or gcc) to build benchmarks/ceiling.c")
+            files["ceiling"] = ceiling
         for _ in range(args.r):
             for method in methods:
                 runs[method].append(one_run(method, package_dir, files, args.n, args.p))

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness import MIB, git, rss_bytes  # benchmarks/harness.py, beside this file
+
 Starter = Callable[[int], bytes]
 
 START_CALL: dict[str, list[float]] = {"engine": [], "posix_spawn": []}
@@ -123,30 +125,18 @@ def _run(start: Starter, n: int) -> list[int]:
 
 def _meta(args: argparse.Namespace, heap_objects: int) -> dict[str, Any]:
     """The machine and checkout the figures are from."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent,
-        check=False,
-    )
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "nproc": len(os.sched_getaffinity(0)),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "bin_sh": os.path.realpath("/bin/sh"),
-        "commit": head.stdout.strip() or None,
+        "commit": git("rev-parse", "--short", "HEAD") or None,
         "argv": sys.argv,
         "args": vars(args),
         "heap_objects": heap_objects,
-        "rss_mb": _rss_mb(),
+        "rss_mb": rss_bytes() / MIB,
     }
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 def main() -> None:
