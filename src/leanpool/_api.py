@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -26,7 +27,8 @@ from ._caller.process import RunnerProcess
 from ._caller.progress import Progress
 from ._caller.result import Result, RunSummary, result_from_record
 from ._cluster.connect import cluster_config
-from ._errors import ProtocolError, RunnerError
+from ._errors import LeanpoolError, ProtocolError, RunnerError
+from ._protocol.config import runner_config
 from ._protocol.reader import Ended, Idle, ResultEvent, Skipped
 from ._protocol.spool import SpoolWriter
 from ._protocol.tasks import InvalidTask, task_from_record
@@ -104,6 +106,8 @@ class TaskRunner:
         self._tmpdir = None if tmpdir is None else os.fspath(tmpdir)
         self._workdir: str | None = None
         self._spool: SpoolWriter | None = None
+        self._payloads = itertools.count()
+        """Numbers the files of big call arguments."""
         self._cleanup: Callable[[], object] | None = None
         self._running = False
         self._process: RunnerProcess | None = None
@@ -216,7 +220,13 @@ class TaskRunner:
         if self._spool is None:
             self._open_spool()
         assert self._spool is not None
-        self._spool.append(record)
+        try:
+            self._spool.append(record)
+        except LeanpoolError:
+            if "pickle_file" in record:  # nothing was added: its arguments go too
+                with contextlib.suppress(OSError):
+                    os.unlink(str(record["pickle_file"]))
+            raise
 
     def _payload_path(self) -> str:
         """Where the big pickled arguments of the next task go: next to the spool."""
@@ -224,7 +234,9 @@ class TaskRunner:
             self._open_spool()
         assert self._spool is not None
         assert self._workdir is not None
-        return os.path.join(self._workdir, f"call-{self._spool.count}.pickle")
+        # A number of its own, never reused: an add that failed after its file was named
+        # (and removed) must not leave the next add a name already taken.
+        return os.path.join(self._workdir, f"call-{next(self._payloads)}.pickle")
 
     def cancel(self, task_id: str | int) -> None:
         """Cancel a task of the run in progress: kill it if it runs (its result says
@@ -354,17 +366,14 @@ class TaskRunner:
                 self.summary = RunSummary(0, 0, 0, 0, 0, halted=False)
                 yield None
                 return
-            config: RunnerConfig = {
-                "options": self._options,
-                "input": {"path": spool.path, "format": "jsonl", "stream": True},
-                "ordered": ordered,
-                "cleanup_dir": workdir,
-                "halt_rule": None,
-                "slot_env": None,
-                "workers": worker_config(),
-                "cluster": self._cluster,
-                "spill_dir": workdir,
-            }
+            config = runner_config(
+                self._options,
+                spool_path=spool.path,
+                workdir=workdir,
+                workers=worker_config(),
+                ordered=ordered,
+                cluster=self._cluster,
+            )
             state = _RunState(self, spool, workdir, config)
             yield state
         finally:

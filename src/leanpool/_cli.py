@@ -28,6 +28,7 @@ from ._caller.process import RunnerProcess
 from ._caller.progress import Progress
 from ._cluster.connect import cluster_config
 from ._errors import JournalError, LeanpoolError, TaskFileError
+from ._protocol.config import runner_config
 from ._protocol.reader import Ended, ResultEvent, Skipped, Started
 from ._protocol.spool import SPOOL_NAME
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._protocol.calls import WorkerConfig
-    from ._protocol.config import RunnerConfig, TaskFormat
+    from ._protocol.config import TaskFormat
     from ._protocol.records import EndRecord
 
 __all__ = ["main"]
@@ -186,18 +187,17 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
             path = os.path.join(workdir, SPOOL_NAME)
             with open(path, "xb"):
                 pass
-        config: RunnerConfig = {
-            "options": options,
-            "input": {"path": path, "format": task_format, "stream": stream},
-            "ordered": args.ordered,
-            "cleanup_dir": workdir,
-            "halt_rule": None,
-            "slot_env": None,
-            "workers": _worker_config(),
-            "cluster": cluster,
-            # Big outputs come as files and are streamed into the printed line.
-            "spill_dir": workdir,
-        }
+        # Big outputs come as files (spill) and are streamed into the printed line.
+        config = runner_config(
+            options,
+            spool_path=path,
+            workdir=workdir,
+            workers=_worker_config(),
+            task_format=task_format,
+            stream=stream,
+            ordered=args.ordered,
+            cluster=cluster,
+        )
         runner = RunnerProcess(config, workdir, share_stderr=True)
         feeder = None
         if stream:

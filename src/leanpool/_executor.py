@@ -35,6 +35,7 @@ from ._caller.process import RunnerProcess
 from ._caller.progress import Progress
 from ._caller.result import result_from_record
 from ._errors import TaskFailed
+from ._protocol.config import runner_config
 from ._protocol.reader import Idle, ResultEvent
 from ._protocol.spool import SpoolWriter
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
     from ._caller.options import KeywordOptions
     from ._caller.result import Result
-    from ._protocol.config import Options, RunnerConfig
+    from ._protocol.config import Options
 
     P = ParamSpec("P")
 
@@ -279,17 +280,9 @@ class _Session:
     def _start(self) -> None:
         workdir = self._directory()
         self._spool = spool = SpoolWriter(workdir)
-        config: RunnerConfig = {
-            "options": self.options,
-            "input": {"path": spool.path, "format": "jsonl", "stream": True},
-            "ordered": False,
-            "cleanup_dir": workdir,
-            "halt_rule": None,
-            "slot_env": None,
-            "workers": worker_config(),
-            "cluster": None,
-            "spill_dir": workdir,
-        }
+        config = runner_config(
+            self.options, spool_path=spool.path, workdir=workdir, workers=worker_config()
+        )
         self._runner = RunnerProcess(config, workdir)
         _live_sessions.add(self)
         self._thread = threading.Thread(target=self._collect, name="leanpool-executor", daemon=True)

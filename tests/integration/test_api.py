@@ -286,22 +286,24 @@ def test_runner_imports_nothing_but_the_standard_library(runner_path: str) -> No
 
 
 def test_an_unexpected_runner_failure_is_one_fatal_record_and_a_traceback() -> None:
-    """A failure the runner has no words for (here, a config without its options) still
-    ends in one ``fatal`` record on stdout, and its traceback goes to stderr."""
+    """A failure the runner has no words for (here, a config whose ``parallel`` is not a
+    number: the library's callers check it, the runner trusts it) still ends in one
+    ``fatal`` record on stdout, and its traceback goes to stderr."""
     import subprocess
 
     from leanpool._caller.process import runner_command
 
-    argv = runner_command({})  # type: ignore[typeddict-item]
-    argv[-1] = "{}"
+    config = {"input": {"path": "/dev/null", "format": "jsonl", "stream": True}}
+    argv = runner_command({**config, "options": {"parallel": "two"}})  # type: ignore[typeddict-item]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 1
     (line,) = done.stdout.splitlines()
     record = json.loads(line)
     assert record["leanpool"] == "fatal"
-    assert record["message"] == "KeyError: 'options'"
+    assert record["error"] == "runner"
+    assert record["message"].startswith("TypeError: ")
     assert "Traceback (most recent call last)" in done.stderr
-    assert "KeyError: 'options'" in done.stderr
+    assert record["message"] in done.stderr
 
 
 def test_task_that_closes_its_pipes_before_exiting(exit_watch: str) -> None:

@@ -188,6 +188,41 @@ def _runner_argv(spool: Path, *, stream: bool) -> list[str]:
     return runner_command(config)  # type: ignore[arg-type]
 
 
+def test_a_runner_given_only_its_input_runs_with_every_default(tmp_path: Path) -> None:
+    """A config of one key: every option and config key the caller left out takes its
+    default in the runner (a new option is not a protocol change)."""
+    from leanpool._caller.process import runner_command
+
+    spool = tmp_path / "spool.jsonl"
+    spool.write_bytes(b'{"id": 1, "cmd": "echo 1"}\n')
+    config = {"input": {"path": str(spool), "format": "jsonl", "stream": False}}
+    with subprocess.Popen(
+        runner_command(config),  # type: ignore[arg-type]
+        stdin=subprocess.PIPE,  # open until the end: its EOF would stop the run
+        stdout=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        records = [json.loads(line) for line in iter(proc.stdout.readline, b"")]
+    assert [r.get("leanpool", "result") for r in records] == ["start", "result", "end"]
+    assert records[1]["stdout"] == "1\n"
+    assert proc.returncode == 0
+
+
+def test_a_runner_given_a_config_it_cannot_use_says_so_in_one_record() -> None:
+    from leanpool._caller.process import runner_command
+
+    proc = subprocess.run(
+        runner_command({"options": {}}),  # type: ignore[typeddict-item]
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
+    (record,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert (record["leanpool"], record["error"]) == ("fatal", "protocol")
+    assert "config cannot be used: the runner's config has no input" in record["message"]
+    assert proc.returncode == 1
+
+
 def test_the_runner_refuses_a_caller_that_breaks_the_control_protocol(tmp_path: Path) -> None:
     spool = tmp_path / "spool.jsonl"
     spool.write_bytes(b"")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 import typing
 from pathlib import Path
@@ -14,14 +17,22 @@ import pytest
 
 from leanpool import TaskFileError
 from leanpool._caller.options import OPTIONS, KeywordOptions, add_cli_options, make_options
-from leanpool._protocol.config import Options
+from leanpool._protocol.config import (
+    CONFIG_DEFAULTS,
+    OPTION_DEFAULTS,
+    Options,
+    RunnerConfig,
+    complete_config,
+    default_parallel,
+)
 from leanpool._protocol.journal import Journal
+from leanpool._protocol.records import SPILL_OVER
 from leanpool._protocol.spool import SpoolReader, SpoolWriter
 from leanpool._protocol.tasks import CommandTask
 from leanpool._runner import results
 from leanpool._runner.children import Child, Outcome
 from leanpool._runner.intake import ControlError, Intake
-from leanpool._runner.results import SPILL_OVER, result_of, unstarted_result
+from leanpool._runner.results import result_of, unstarted_result
 from leanpool._runner.schedule import BACKOFF_S, Attempt, Schedule
 from leanpool._runner.timers import Timers, When
 from tests.helpers import load_engine
@@ -296,6 +307,7 @@ def test_an_unstarted_task_result() -> None:
 def test_the_option_list_the_wire_type_and_the_api_type_agree() -> None:
     names = [spec.name for spec in OPTIONS]
     assert set(typing.get_type_hints(Options)) == set(names)
+    assert list(OPTION_DEFAULTS) == names  # the one table of defaults, in the same order
     assert set(typing.get_type_hints(KeywordOptions)) == set(names) - {"parallel"}
     assert list(make_options(parallel=1)) == names
 
@@ -325,3 +337,64 @@ def test_make_options_checks_each_option_by_name() -> None:
         make_options(retries=-1)
     with pytest.raises(ValueError, match="kill_grace must be at least 0, not inf"):
         make_options(kill_grace=float("inf"))
+
+
+def test_a_config_is_completed_from_the_one_table_of_defaults() -> None:
+    """What a config leaves out takes its default in the runner, so that an option or
+    config key added with a default is no protocol change; what it gives is kept."""
+    raw = {"input": {"path": "/x", "format": "jsonl", "stream": True}, "options": {"retries": 3}}
+    config = complete_config(raw)
+    assert config["options"]["retries"] == 3
+    assert config["options"]["parallel"] == default_parallel()
+    for name, value in OPTION_DEFAULTS.items():
+        if name not in ("parallel", "retries"):
+            assert config["options"][name] == value, name  # type: ignore[literal-required]
+    for key in set(CONFIG_DEFAULTS) - {"workers"}:
+        assert config[key] == CONFIG_DEFAULTS[key], key  # type: ignore[literal-required]
+    assert set(config) == set(RunnerConfig.__annotations__)
+    assert config["workers"]["path"] == []
+    other = complete_config(raw)
+    other["options"]["preload"].append("mod")
+    assert config["options"]["preload"] == []  # a list default is never shared
+    full = make_options(parallel=2, journal="j.jsonl")
+    assert complete_config({"input": raw["input"], "options": full})["options"] == full
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [({}, "no input"), ({"input": {}, "options": []}, "options that are not an object")],
+)
+def test_a_config_without_input_or_with_bad_options_is_refused(
+    raw: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        complete_config(raw)
+
+
+def test_a_call_whose_arguments_cannot_be_written_is_refused_and_leaves_nothing() -> None:
+    """Big arguments go to a file of their own; when the disk refuses it (here a file
+    size limit, SIGXFSZ ignored as Python does), add_call raises the documented
+    LeanpoolError, leaves no part of the file, and the next add_call still works (the
+    failed one's file name once stayed taken: every later add raised FileExistsError)."""
+    code = textwrap.dedent(
+        """
+        import os, resource
+        from leanpool import LeanpoolError, TaskRunner
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+        runner = TaskRunner(1)
+        for i in range(2):
+            try:
+                runner.add_call(i, len, (b"x" * 150_000,))
+            except LeanpoolError as exc:
+                print("refused:", exc)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        runner.add_call("fits", len, (b"x" * 150_000,))
+        print(sorted(name.endswith(".pickle") for name in os.listdir(runner._workdir)))
+        print([(r.id, r.value) for r in runner.run()])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.rsplit(": ", 1)[-1] for line in lines[:2]] == ["File too large"] * 2, lines
+    assert lines[2:] == ["[False, True]", "[('fits', 150000)]"]

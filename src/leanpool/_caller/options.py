@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, TypedDict, cast
 
+from .._protocol.config import OPTION_DEFAULTS as _DEFAULT, default_parallel
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -60,7 +62,8 @@ class OptionSpec:
         name: its name in the API, the config and (with - for _) the CLI flag.
         kind: ``int``, ``seconds`` (int or float), ``bool``, ``path`` or ``modules``
             (module names; on the CLI, comma-separated).
-        default: its value when not given.
+        default: its value when not given, from the one table of defaults
+            (``leanpool._protocol.config.OPTION_DEFAULTS``, which the runner reads too).
         help: one line for ``--help``; the README's table says more.
         minimum: the least value an ``int`` or ``seconds`` may take.
         nullable: None is a value (no limit, no file).
@@ -70,57 +73,54 @@ class OptionSpec:
 
     name: str
     kind: Literal["int", "seconds", "bool", "path", "modules"]
-    default: object
     help: str
     minimum: float = 0
     nullable: bool = False
     flag: str | None = None
     short: str | None = None
 
+    @property
+    def default(self) -> object:
+        return _DEFAULT[self.name]
+
 
 OPTIONS: Final = (
     OptionSpec(
-        "parallel", "int", None, "tasks at once (default: 2 x usable CPUs)", minimum=1, short="-j"
+        "parallel", "int", "tasks at once (default: 2 x usable CPUs)", minimum=1, short="-j"
     ),
     OptionSpec(
         "timeout",
         "seconds",
-        None,
         "seconds a task may run before its process group gets SIGTERM",
         minimum=0.001,
         nullable=True,
     ),
-    OptionSpec("kill_grace", "seconds", 2.0, "seconds from SIGTERM to SIGKILL (2)"),
+    OptionSpec("kill_grace", "seconds", "seconds from SIGTERM to SIGKILL (2)"),
     OptionSpec(
         "kill_leftovers",
         "bool",
-        True,
         "let processes a task leaves in its group outlive it (default: kill them)",
         flag="--keep-leftovers",
     ),
-    OptionSpec(
-        "max_output", "int", None, "keep at most BYTES of each stream per task", nullable=True
-    ),
-    OptionSpec("output_dir", "path", None, "write task output to files in DIR", nullable=True),
-    OptionSpec("retries", "int", 0, "run a failed task again up to N times"),
-    OptionSpec("retry_delay", "seconds", 0.0, "seconds before each retry"),
-    OptionSpec("halt", "int", None, "start no task after N failures", minimum=1, nullable=True),
-    OptionSpec("halt_now", "bool", False, "with --halt, also kill the running tasks"),
-    OptionSpec("journal", "path", None, "append each result durably to PATH", nullable=True),
-    OptionSpec("resume", "bool", False, "skip the tasks the journal already holds"),
+    OptionSpec("max_output", "int", "keep at most BYTES of each stream per task", nullable=True),
+    OptionSpec("output_dir", "path", "write task output to files in DIR", nullable=True),
+    OptionSpec("retries", "int", "run a failed task again up to N times"),
+    OptionSpec("retry_delay", "seconds", "seconds before each retry"),
+    OptionSpec("halt", "int", "start no task after N failures", minimum=1, nullable=True),
+    OptionSpec("halt_now", "bool", "with --halt, also kill the running tasks"),
+    OptionSpec("journal", "path", "append each result durably to PATH", nullable=True),
+    OptionSpec("resume", "bool", "skip the tasks the journal already holds"),
     OptionSpec(
         "resume_failed",
         "bool",
-        False,
         "resume, but run again the tasks the journal holds as failed",
     ),
     OptionSpec(
-        "preload", "modules", (), "import MODULES (comma-separated) in each worker as it starts"
+        "preload", "modules", "import MODULES (comma-separated) in each worker as it starts"
     ),
     OptionSpec(
         "max_tasks_per_worker",
         "int",
-        None,
         "replace a worker after N calls",
         minimum=1,
         nullable=True,
@@ -128,7 +128,6 @@ OPTIONS: Final = (
     OptionSpec(
         "max_worker_memory",
         "int",
-        None,
         "replace a worker whose RSS is over BYTES after a call",
         minimum=1,
         nullable=True,
@@ -137,15 +136,6 @@ OPTIONS: Final = (
 """Every option, in the order ``--help`` shows them."""
 
 _BY_NAME: Final = {spec.name: spec for spec in OPTIONS}
-
-
-def default_parallel() -> int:
-    """Twice the CPUs this process may use, as the original; 8 when that is unknown."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 4
-    return 2 * cpus
 
 
 def make_options(**given: object) -> Options:

@@ -51,6 +51,7 @@ import time
 from typing import TYPE_CHECKING, Final, Literal, TypedDict
 
 from .._errors import RunnerError
+from .._protocol.config import runner_config
 from .._protocol.reader import Ended, Idle, ResultEvent
 from .._protocol.records import PROTOCOL_VERSION
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._caller.process import RunnerProcess
-    from .._protocol.config import Options, RunnerConfig, TaskFormat
+    from .._protocol.config import Options, TaskFormat
     from .._protocol.records import EndRecord
 
 __all__ = [
@@ -187,17 +188,15 @@ class _Feed:
         workers["main_path"] = workers["main_module"] = None  # the worker's main is Dask's
         options = spec["options"].copy()
         options["parallel"] = spec["parallel"] or _default_parallel(worker)
-        config: RunnerConfig = {
-            "options": options,
-            "input": {"path": self.path, "format": spec["format"], "stream": True},
-            "ordered": False,
-            "cleanup_dir": self.workdir,
-            "halt_rule": None,
-            "slot_env": spec["slot_env"],
-            "workers": workers,
-            "cluster": None,
-            "spill_dir": None,  # every output inline: it travels back in the outcome
-        }
+        config = runner_config(
+            options,
+            spool_path=self.path,
+            workdir=self.workdir,
+            workers=workers,
+            task_format=spec["format"],
+            slot_env=spec["slot_env"],
+            spill=False,  # every output inline: it travels back in the outcome
+        )
         self.runner: RunnerProcess = RunnerProcess(config, self.workdir)
         self._events = self.runner.events()
         self.offset = 0

@@ -212,7 +212,7 @@ class ClusterDriver:
         self.token = os.environ.get(RUN_TOKEN_ENV) or secrets.token_hex(8)
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.journal: Journal | None = None
-        rerun_failed = options.get("resume_failed", False)
+        rerun_failed = options["resume_failed"]
         if options["journal"] is not None:
             self.journal = Journal(options["journal"], resume=options["resume"] or rerun_failed)
         self.intake = Intake(config["input"], self.journal, rerun_failed=rerun_failed)

@@ -28,6 +28,7 @@ from .._caller.process import RunnerProcess
 from .._caller.progress import Progress
 from .._caller.result import result_from_record
 from .._errors import LeanpoolError, TaskFileError
+from .._protocol.config import runner_config
 from .._protocol.reader import Ended, ResultEvent, Skipped
 from .._protocol.records import encode_line
 from .._protocol.spool import SPOOL_NAME
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from .._caller.result import Result
-    from .._protocol.config import RunnerConfig
     from .._protocol.records import EndRecord, ResultRecord
     from .syntax import Job
 
@@ -115,12 +115,12 @@ def _run(
         spool_path = os.path.join(workdir, SPOOL_NAME)
         with open(spool_path, "xb"):
             pass
-        config: RunnerConfig = {
-            "options": options,
-            "input": {"path": spool_path, "format": "jsonl", "stream": True},
-            "ordered": job.keep_order,
-            "cleanup_dir": workdir,
-            "halt_rule": None
+        config = runner_config(
+            options,
+            spool_path=spool_path,
+            workdir=workdir,
+            ordered=job.keep_order,
+            halt_rule=None
             if halt is None
             else {
                 "on": "fail" if halt.on_failure else "success",
@@ -128,18 +128,8 @@ def _run(
                 "percent": halt.percent,
                 "now": halt.now,
             },
-            "slot_env": SLOT_VARIABLE if template.uses_slot else None,
-            "workers": {
-                "executable": sys.executable,
-                "path": [],
-                "main_path": None,
-                "main_module": None,
-                "preload": [],
-                "report_rss": False,
-            },
-            "cluster": None,
-            "spill_dir": workdir,
-        }
+            slot_env=SLOT_VARIABLE if template.uses_slot else None,
+        )
         runner = RunnerProcess(config, workdir, share_stderr=True)
         feeder = _Feeder(template, items, spool_path, runner, keep_tags=job.tag)
         feeder.start()

@@ -1,19 +1,40 @@
 """The runner's configuration: the one JSON argument a caller starts it with.
 
-``Options`` is the wire shape of a run's options; ``leanpool._caller.options`` holds their
-defaults, checks and help (one spec per option) and the type of ``TaskRunner``'s keyword
-arguments, and a test keeps the three in step.  Standard library only: the
-lean runner imports this module.
+``Options`` is the wire shape of a run's options and ``OPTION_DEFAULTS`` their one table
+of defaults; ``leanpool._caller.options`` holds their checks and help (one spec per
+option) and the type of ``TaskRunner``'s keyword arguments, and a test keeps them in
+step.  ``runner_config`` is how every caller builds a config; ``complete_config`` is how
+the runner (and the cluster driver) fills in what a config leaves out, so that a new
+option or config key with a default is not a protocol change.  Standard library only:
+the lean runner imports this module.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, TypedDict
+import os
+import sys
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, cast
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .calls import WorkerConfig
 
-__all__ = ["ClusterConfig", "HaltRule", "InputConfig", "Options", "RunnerConfig", "TaskFormat"]
+__all__ = [
+    "CONFIG_DEFAULTS",
+    "OPTION_DEFAULTS",
+    "ClusterConfig",
+    "HaltRule",
+    "InputConfig",
+    "Options",
+    "RunnerConfig",
+    "TaskFormat",
+    "bare_workers",
+    "complete_config",
+    "default_parallel",
+    "runner_config",
+]
 
 TaskFormat = Literal["jsonl", "lines"]
 """``jsonl``: one task record per line; ``lines``: one shell command per line, whose id
@@ -23,7 +44,8 @@ is its line number."""
 class Options(TypedDict):
     """How to run: every key is documented in the README's option table.
 
-    A caller always sends every key: ``make_options`` fills the defaults.
+    The library's callers send every key (``make_options`` fills the defaults); the
+    runner fills any key a config leaves out from ``OPTION_DEFAULTS``.
     """
 
     parallel: int
@@ -102,3 +124,113 @@ class RunnerConfig(TypedDict):
     spill_dir: str | None
     """Where to put an output of ``SPILL_OVER`` bytes or more, as a raw file named in the
     result instead of inline JSON; None (the CLI) keeps every output inline."""
+
+
+OPTION_DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
+    {
+        "parallel": None,  # None: twice the usable CPUs where the run runs (default_parallel)
+        "timeout": None,
+        "kill_grace": 2.0,
+        "kill_leftovers": True,
+        "max_output": None,
+        "output_dir": None,
+        "retries": 0,
+        "retry_delay": 0.0,
+        "halt": None,
+        "halt_now": False,
+        "journal": None,
+        "resume": False,
+        "resume_failed": False,
+        "preload": [],
+        "max_tasks_per_worker": None,
+        "max_worker_memory": None,
+    }
+)
+"""Every option's default: the one table the caller's checks and the runner both read."""
+
+CONFIG_DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
+    {
+        "ordered": False,
+        "cleanup_dir": None,
+        "halt_rule": None,
+        "slot_env": None,
+        "workers": None,  # None: this interpreter, with no path of the caller's
+        "cluster": None,
+        "spill_dir": None,
+    }
+)
+"""What a config may leave out besides its options; ``input`` is the one key it needs."""
+
+
+def default_parallel() -> int:
+    """Twice the CPUs this process may use, as the original; 8 when that is unknown."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 4
+    return 2 * cpus
+
+
+def complete_config(raw: Mapping[str, Any]) -> RunnerConfig:
+    """The config with every key a runner reads: what raw leaves out takes its default
+    (a caller written against an older protocol 4 may send fewer options).
+
+    Raises:
+        ValueError: raw has no ``input``, or its options are not an object.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("input"), dict):
+        raise ValueError("the runner's config has no input")
+    options = raw.get("options", {})
+    if not isinstance(options, dict):
+        raise ValueError("the runner's config has options that are not an object")
+    config: dict[str, Any] = {**CONFIG_DEFAULTS, **raw}
+    defaults = {k: list(v) if isinstance(v, list) else v for k, v in OPTION_DEFAULTS.items()}
+    config["options"] = {**defaults, **options}  # a list default is never shared
+    if config["options"]["parallel"] is None:
+        config["options"]["parallel"] = default_parallel()
+    if config["workers"] is None:
+        config["workers"] = bare_workers()
+    return cast("RunnerConfig", config)
+
+
+def bare_workers() -> WorkerConfig:
+    """Workers of this interpreter with nothing of a caller's: for a config that runs no
+    calls of the caller's own modules."""
+    return {
+        "executable": sys.executable or "python3",
+        "path": [],
+        "main_path": None,
+        "main_module": None,
+        "preload": [],
+        "report_rss": False,
+    }
+
+
+def runner_config(
+    options: Options,
+    *,
+    spool_path: str,
+    workdir: str | None,
+    workers: WorkerConfig | None = None,
+    task_format: TaskFormat = "jsonl",
+    stream: bool = True,
+    ordered: bool = False,
+    halt_rule: HaltRule | None = None,
+    slot_env: str | None = None,
+    cluster: ClusterConfig | None = None,
+    spill: bool = True,
+) -> RunnerConfig:
+    """A run's config as every caller builds it: the tasks in ``spool_path`` (a stream
+    unless said otherwise), ``workdir`` the caller's private directory, removed by the
+    runner if the caller dies, and where big outputs go as files (``spill``)."""
+    return {
+        "options": options,
+        "input": {"path": spool_path, "format": task_format, "stream": stream},
+        "ordered": ordered,
+        "cleanup_dir": workdir,
+        "halt_rule": halt_rule,
+        "slot_env": slot_env,
+        "workers": workers if workers is not None else bare_workers(),
+        "cluster": cluster,
+        "spill_dir": workdir if spill else None,
+    }

@@ -140,12 +140,12 @@ class Runner:
         )
         self.journal: Journal | None = None
         if options["journal"] is not None:
-            rerun_failed = options.get("resume_failed", False)
+            rerun_failed = options["resume_failed"]
             self.journal = Journal(options["journal"], resume=options["resume"] or rerun_failed)
         self.intake = Intake(
             config["input"],
             self.journal,
-            rerun_failed=options.get("resume_failed", False),
+            rerun_failed=options["resume_failed"],
             parse=line_parser(config["input"]["format"]),
             check=line_parser(config["input"]["format"], check_only=True),
             check_file=file_checker(config["input"]["format"]),
@@ -159,8 +159,8 @@ class Runner:
         self.max_output = options["max_output"]
         self.output_dir = options["output_dir"]
         self.output_names: dict[str, int] = {}
-        self.slot_env = config.get("slot_env")
-        self.halt_rule = config.get("halt_rule")
+        self.slot_env = config["slot_env"]
+        self.halt_rule = config["halt_rule"]
         self._free_slots = list(range(options["parallel"], 0, -1))
         self.spill_dir = config["spill_dir"]
         self._timeout = options["timeout"]
@@ -417,13 +417,13 @@ class Runner:
         if self._workers is None:
             options = self.options
             workers = self.config["workers"]
-            workers["preload"] = options.get("preload", [])
-            workers["report_rss"] = options.get("max_worker_memory") is not None
+            workers["preload"] = options["preload"]
+            workers["report_rss"] = options["max_worker_memory"] is not None
             self._workers = WorkerPool(
                 self,
                 workers,
-                max_calls=options.get("max_tasks_per_worker"),
-                max_memory=options.get("max_worker_memory"),
+                max_calls=options["max_tasks_per_worker"],
+                max_memory=options["max_worker_memory"],
             )
         return self._workers
 

@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Protocol
 
 from .._errors import JournalError, TaskFileError
+from .._protocol.config import complete_config
 from .._protocol.records import encode_line
 from .intake import ControlError
 from .loop import Runner
@@ -52,7 +53,11 @@ def run_main(argv: list[str], make: Callable[[RunnerConfig], Run]) -> int:
     ``fatal`` record."""
     run = None
     try:
-        config: RunnerConfig = json.loads(argv[0])
+        try:
+            config = complete_config(json.loads(argv[0]))
+        except ValueError as exc:  # not JSON, or no input: nothing can run
+            _fatal(None, "protocol", f"the caller's config cannot be used: {exc}")
+            return 1
         run = make(config)
         return run.run()
     except TaskFileError as exc:
