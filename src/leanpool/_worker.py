@@ -26,6 +26,7 @@ import pickle
 import sys
 
 from ._protocol.calls import CALL_FD, REPLY_FD
+from ._protocol.records import SPILL_OVER
 
 # Not typing's own TYPE_CHECKING: a worker's start is every first call's wait, and typing
 # costs 3 ms of it.  traceback and runpy are imported when first needed, for the same
@@ -33,15 +34,12 @@ from ._protocol.calls import CALL_FD, REPLY_FD
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, Final
+    from typing import Any
 
     from ._protocol.calls import CallError, CallReply, CallRequest, WorkerConfig, WorkerReady
 
 __all__ = ["main"]
 
-SPILL_OVER: Final = 1 << 16
-"""Bytes from which a return value goes to the spill file rather than inline: the
-runner's own threshold for outputs (``leanpool._runner.results.SPILL_OVER``)."""
 
 _main_loaded = False
 _config: WorkerConfig | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, strategies as st
@@ -189,3 +190,12 @@ def test_half_a_line_after_the_last_record_is_a_protocol_error() -> None:
     reader.feed(_stream(_end()) + b'{"id": 1, "sta')
     with pytest.raises(ProtocolError, match="after the last record"):
         reader.close(0, "")
+
+
+def test_the_protocol_modules_own_summary_shows_the_current_version() -> None:
+    """Its docstring is what a reader of the code sees first: it once said 3 after 4."""
+    from leanpool._protocol import records
+
+    assert records.__doc__ is not None
+    shown = {int(n) for n in re.findall(r'"protocol": (\d+)', records.__doc__)}
+    assert shown == {PROTOCOL_VERSION}

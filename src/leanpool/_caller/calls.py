@@ -11,12 +11,14 @@ when it is added, not when a worker fails to find it.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import os
 import pickle
 import sys
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
-from .._errors import RemoteTraceback
+from .._errors import LeanpoolError, RemoteTraceback
+from .._protocol.records import SPILL_OVER
 from .._protocol.tasks import InvalidTask, check_function_name, task_from_record
 
 if TYPE_CHECKING:
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
     from .._protocol.calls import CallError, WorkerConfig
 
-__all__ = ["BIG_PAYLOAD", "call_record", "rebuild_exception", "unpickle_value", "worker_config"]
+__all__ = ["call_record", "rebuild_exception", "unpickle_value", "worker_config"]
 
 
 def worker_config() -> WorkerConfig:
@@ -60,11 +62,6 @@ def function_name(function: object) -> str:
         return f"{module}:{qualname.replace('<', '_').replace('>', '_').replace('.', '_')}"
 
 
-BIG_PAYLOAD: Final = 1 << 16
-"""Bytes of pickled arguments from which they go to a file next to the spool rather than
-into the task's line (the runner's threshold for spilling outputs, for the same reason)."""
-
-
 def call_record(
     task_id: str | int,
     function: Callable[..., Any] | str,
@@ -75,7 +72,7 @@ def call_record(
 ) -> dict[str, object]:
     """The task record of one call, checked as the runner will check it.
 
-    Pickled arguments of ``BIG_PAYLOAD`` bytes or more are written to the file that
+    Pickled arguments of ``SPILL_OVER`` bytes or more are written to the file that
     ``payload_path()`` names (in the caller's private directory), and the record names it.
 
     Raises:
@@ -114,15 +111,35 @@ def call_record(
         task_from_record(record, 0)
     except InvalidTask as exc:
         raise (TypeError if exc.wrong_type else ValueError)(exc.reason) from None
-    if len(payload) < BIG_PAYLOAD:
+    if len(payload) < SPILL_OVER:
         record["pickle"] = _b64(payload)
     else:
         del record["pickle"]
-        path = payload_path()
-        with open(path, "xb") as f:
-            f.write(payload)
-        record["pickle_file"] = path
+        record["pickle_file"] = _write_payload(payload_path(), payload, name)
     return record
+
+
+def _write_payload(path: str, payload: bytes, name: str) -> str:
+    """Write big pickled arguments to a new file of the caller's at path; on a failure,
+    leave no part of it behind.
+
+    Raises:
+        LeanpoolError: the file could not be made or written (a full disk, a size limit).
+    """
+    try:
+        f = open(path, "xb")  # noqa: SIM115  # closed below, the file removed on failure
+    except OSError as exc:
+        raise LeanpoolError(f"cannot write the arguments of {name}: {exc}") from exc
+    try:
+        with f:
+            f.write(payload)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise LeanpoolError(
+            f"cannot write the arguments of {name} to {path}: {exc.strerror}"
+        ) from exc
+    return path
 
 
 _FUNCTION_HINT = (

@@ -4,12 +4,12 @@
 
 Runner to caller (its stdout)::
 
-    {"leanpool": "start", "protocol": 3, ...}      once, when the runner is ready
+    {"leanpool": "start", "protocol": 4, ...}      once, when the runner is ready
     {"id": ..., "status": ..., "ok": ..., ...}      one per finished task
-    {"leanpool": "skipped", "protocol": 3, ...}     tasks the journal already held, so far
-    {"leanpool": "idle", "protocol": 3, ...}        every task announced so far is done
-    {"leanpool": "end", "protocol": 3, ...}         last line of a run that ended
-    {"leanpool": "fatal", "protocol": 3, ...}       last line of a run that was refused
+    {"leanpool": "skipped", "protocol": 4, ...}     tasks the journal already held, so far
+    {"leanpool": "idle", "protocol": 4, ...}        every task announced so far is done
+    {"leanpool": "end", "protocol": 4, ...}         last line of a run that ended
+    {"leanpool": "fatal", "protocol": 4, ...}       last line of a run that was refused
 
 Caller to runner (its stdin)::
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROTOCOL_VERSION",
     "RUN_TOKEN_ENV",
+    "SPILL_OVER",
     "CancelRecord",
     "EndInputRecord",
     "EndRecord",
@@ -54,6 +55,13 @@ __all__ = [
     "decode_output",
     "encode_line",
 ]
+
+SPILL_OVER: Final = 1 << 16
+"""Bytes from which data crosses between the processes as a raw file named in a record
+rather than inside its JSON line: a task's output (the runner), a call's return value
+(the worker) and a call's pickled arguments (the caller).  Escaping and parsing
+megabytes of JSON costs ten times what a file write and read do, and data this small
+costs less inline than a file's create, write, read and unlink."""
 
 PROTOCOL_VERSION: Final = 4
 """Bumped on any change a reader of version N could misread; new optional result fields

@@ -12,9 +12,9 @@ import contextlib
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from .._protocol.records import decode_output
+from .._protocol.records import SPILL_OVER, decode_output
 from .piped import encode_result
 
 if TYPE_CHECKING:
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .children import Child, Outcome
 
 __all__ = [
-    "SPILL_OVER",
     "Built",
     "cancelled_result",
     "plain_lines",
@@ -30,11 +29,6 @@ __all__ = [
     "signal_name",
     "unstarted_result",
 ]
-
-SPILL_OVER: Final = 1 << 16
-"""Bytes from which an output goes to a spill file rather than into the result's JSON:
-escaping and parsing megabytes of JSON costs ten times what a file write and read do,
-and an output this small costs less inline than a file's create, write, read and unlink."""
 
 
 class Built:
