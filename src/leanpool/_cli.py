@@ -174,8 +174,11 @@ class _Feeder(threading.Thread):
 
 
 def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
-    options = cli_options(args)
-    cluster = cluster_config(args.cluster, args.parallel)
+    try:
+        options = cli_options(args)
+        cluster = cluster_config(args.cluster, args.parallel)
+    except (ValueError, TypeError) as exc:  # what the user wrote: a usage error
+        raise _UsageError(str(exc)) from None
     task_format: TaskFormat = "lines" if args.lines else "jsonl"
     source = _open_task_file(args.file)
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -187,18 +190,22 @@ def _run(args: argparse.Namespace, out: IO[bytes]) -> int:
             path = os.path.join(workdir, SPOOL_NAME)
             with open(path, "xb"):
                 pass
-        # Big outputs come as files (spill) and are streamed into the printed line.
-        config = runner_config(
-            options,
-            spool_path=path,
-            workdir=workdir,
-            workers=_worker_config(),
-            task_format=task_format,
-            stream=stream,
-            ordered=args.ordered,
-            cluster=cluster,
-        )
-        runner = RunnerProcess(config, workdir, share_stderr=True)
+        try:
+            # Big outputs come as files (spill) and are streamed into the printed line.
+            config = runner_config(
+                options,
+                spool_path=path,
+                workdir=workdir,
+                workers=_worker_config(),
+                task_format=task_format,
+                stream=stream,
+                ordered=args.ordered,
+                cluster=cluster,
+            )
+            runner = RunnerProcess(config, workdir, share_stderr=True)
+        except BaseException:
+            source.close()  # no feeder took it
+            raise
         feeder = None
         if stream:
             feeder = _Feeder(source, path, runner)
@@ -270,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
-    except (TaskFileError, JournalError, ValueError, TypeError) as exc:
+    except (TaskFileError, JournalError) as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
     except LeanpoolError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,24 @@ def test_result_is_frozen() -> None:
     result = Result(id=1, status=0, stdout="", stderr="", ok=True, duration=0.1)
     with pytest.raises(AttributeError):
         result.status = 1  # type: ignore[misc]
+
+
+def test_the_cli_says_usage_only_of_what_the_user_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad option is one line and exit 2; a fault of leanpool's own (here a stand-in
+    for a bug: a TypeError where the config is built) keeps its traceback, rather than
+    passing for the user's mistake."""
+    from leanpool import _cli
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": 1, "cmd": "true"}\n')
+    assert _cli.main(["run", str(tasks), "-j", "0"]) == 2
+    assert capsys.readouterr().err == "leanpool: error: -j/--parallel must be at least 1, not 0\n"
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug of ours")
+
+    monkeypatch.setattr(_cli, "runner_config", broken)
+    with pytest.raises(TypeError, match="a bug of ours"):
+        _cli.main(["run", str(tasks)])
