@@ -37,20 +37,22 @@ def use_source_dir(argv: list[str]) -> str | None:
 
 
 def build_engine(package_dir: str) -> bool:
-    """Make sure the leanpool package at package_dir has its C engine: compile
-    ``_runner/_engine.c`` in place when the tree has the source and no build (a
-    ``git archive`` of src/), as ``pip install`` would.  False when it has none."""
+    """Make sure the leanpool package at package_dir has its C engine: compile its units
+    (every ``_runner/_*.c``: ``_engine.c`` alone before the split by concern, then
+    ``_engine.c``, ``_codec.c`` and ``_module.c``) in place when the tree has the source
+    and no build (a ``git archive`` of src/), as ``pip install`` would.  False when it
+    has none."""
     runner = Path(package_dir) / "_runner"
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     if (runner / f"_engine{suffix}").exists():
         return True
-    source = runner / "_engine.c"
+    units = [str(unit) for unit in sorted(runner.glob("_*.c"))]
     compiler = shutil.which("cc") or shutil.which("gcc")
-    if not source.exists() or compiler is None:
+    if not units or compiler is None:
         return False
     include = sysconfig.get_paths()["include"]
     subprocess.run(
-        [compiler, "-O2", "-std=gnu11", "-shared", "-fPIC", f"-I{include}", str(source),
+        [compiler, "-O2", "-std=gnu11", "-shared", "-fPIC", f"-I{include}", *units,
          "-o", str(runner / f"_engine{suffix}")],
         check=True,
     )  # fmt: skip
@@ -60,18 +62,19 @@ def build_engine(package_dir: str) -> bool:
 def source_hash(package_dir: str) -> tuple[str, int]:
     """The SHA-256 of a package's source, and the number of files it covers.
 
-    Over every ``*.py`` and ``*.c`` file under package_dir (before the C engine, the
-    hashes recorded on the benchmark pages covered ``*.py`` only), sorted by its path
+    Over every ``*.py``, ``*.c`` and ``*.h`` file under package_dir (before the C engine,
+    the hashes recorded on the benchmark pages covered ``*.py`` only; a tree with no
+    header hashes as it did before headers counted), sorted by its path
     relative to package_dir ("/"-separated): the path, a NUL, the file's size in decimal,
-    a NUL, and its bytes.  Two trees hash alike exactly when they hold the same .py and .c
-    files with the same contents, wherever they are.  To name the commit a hash is of:
+    a NUL, and its bytes.  Two trees hash alike exactly when they hold the same .py, .c
+    and .h files with the same contents, wherever they are.  To name the commit a hash is of:
     ``git archive COMMIT src | tar -x -C DIR`` then
     ``bench.py --source-hash DIR/src/leanpool``.
     """
     root = Path(package_dir)
     files = sorted(
         (p.relative_to(root).as_posix(), p)
-        for pattern in ("*.py", "*.c")
+        for pattern in ("*.py", "*.c", "*.h")
         for p in root.rglob(pattern)
         if p.is_file()
     )

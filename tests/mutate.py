@@ -699,7 +699,7 @@ MUTANTS: tuple[Mutant, ...] = (
         Mutant(
             "engine-validation-lax",
             "a task file with a bad line runs nothing (the validation pass in C)",
-            "src/leanpool/_runner/_engine.c",
+            "src/leanpool/_runner/_codec.c",
             "            } else if (scan_plain(line, stop, &plain) && plain_line_valid(&plain)) {",
             "            } else if (1) {",
         ),
@@ -822,8 +822,8 @@ MUTANTS: tuple[Mutant, ...] = (
             "parallel-keep-order-ignored",
             "-k prints outputs in input order",
             "src/leanpool/_parallel/main.py",
-            '            "ordered": job.keep_order,',
-            '            "ordered": False,',
+            "            ordered=job.keep_order,",
+            "            ordered=False,",
         ),
         Mutant(
             "parallel-failures-not-capped",
@@ -843,8 +843,8 @@ MUTANTS: tuple[Mutant, ...] = (
             "parallel-slot-unset",
             "{%} is the job's slot",
             "src/leanpool/_parallel/main.py",
-            '            "slot_env": SLOT_VARIABLE if template.uses_slot else None,',
-            '            "slot_env": None,',
+            "            slot_env=SLOT_VARIABLE if template.uses_slot else None,",
+            "            slot_env=None,",
         ),
     ),
     *in_room(
@@ -897,14 +897,14 @@ MUTANTS: tuple[Mutant, ...] = (
         Mutant(
             "engine-backslash-unescaped",
             "output with a backslash arrives exact (the C encoder escapes it)",
-            "src/leanpool/_runner/_engine.c",
+            "src/leanpool/_runner/_codec.c",
             "        if (c >= 0x20 && c != '\"' && c != '\\\\') continue;",
             "        if (c >= 0x20 && c != '\"') continue;",
         ),
         Mutant(
             "engine-encoded-surrogates-taken",
             "bytes that encode a surrogate are not UTF-8: they travel exact",
-            "src/leanpool/_runner/_engine.c",
+            "src/leanpool/_runner/_codec.c",
             "            if (c == 0xED) hi = 0x9F;",
             "",
         ),
@@ -1209,14 +1209,26 @@ def _copy_checkout(dest: Path) -> None:
 
 
 def _build_engine(source: Path) -> bool:
-    """Compile a mutant _engine.c over the copy's built engine, as pip install would."""
+    """Compile the copy's C engine, source (a mutant unit) among its units, over the copy's
+    built engine, as pip install would: every unit setup.py's ENGINE_SOURCES lists."""
+    import ast
     import importlib.machinery
     import sysconfig
 
+    # Read, not imported: importing setup.py would run setup().
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    units: list[str] = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [ast.unparse(target) for target in node.targets] == ["ENGINE_SOURCES"]
+    )
+    work = next(folder for folder in source.parents if (folder / "pyproject.toml").exists())
+    paths = [str(work / unit) for unit in units]
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    output = source.with_name(f"_engine{suffix}")
+    output = (work / units[0]).with_name(f"_engine{suffix}")
     include = sysconfig.get_paths()["include"]
-    command = ["cc", "-O2", "-std=gnu11", "-shared", "-fPIC", f"-I{include}", str(source)]
+    command = ["cc", "-O2", "-std=gnu11", "-shared", "-fPIC", f"-I{include}", *paths]
     return subprocess.run([*command, "-o", str(output)], capture_output=True).returncode == 0
 
 
@@ -1257,7 +1269,7 @@ def _run_suite(mutant: Mutant, tests: list[str]) -> tuple[str, str, float]:
         if text.count(mutant.old) != 1:
             return "error", f"text found {text.count(mutant.old)} times", 0.0
         target.write_text(text.replace(mutant.old, mutant.new))
-        if target.suffix == ".c" and not _build_engine(target):
+        if target.suffix in (".c", ".h") and not _build_engine(target):
             return "error", "the mutant engine does not compile", 0.0
         env = {**os.environ, "PYTHONPATH": str(work / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
         env.pop("CI", None)  # a mutant is judged by failures, not by skips

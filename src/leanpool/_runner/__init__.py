@@ -20,8 +20,9 @@ Rooms: ``main`` (one try, one fatal record), ``loop`` (epoll dispatch and the ph
 ``intake`` (control channel and spool), ``schedule`` (retries, throttling), ``timers``
 (typed deadlines), ``children`` (the interface a kind of child implements), ``kinds``
 (which kind runs which task), ``shell`` (the command kind), ``piped`` (the command
-kind on the C engine, ``_engine.c``: start, drain, reap and the result line in C, and
-the epoll set), ``calls`` (the call kind and its worker processes), ``spawn``
+kind on the C engine, whose units are ``_engine.c`` (start, drain, reap, and the epoll
+set), ``_codec.c`` (the result line and the common task line in C) and ``_module.c``),
+``calls`` (the call kind and its worker processes), ``spawn``
 (posix_spawn of a process spec), ``reaping`` (pidfds or SIGCHLD, process groups),
 ``leftovers`` (groups a task left behind), ``results`` (outcome to record), ``outbox``
 (journal first, ordering, non-blocking stdout).

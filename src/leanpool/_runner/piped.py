@@ -1,6 +1,7 @@
 """The command kind on the C engine: the runner's fast path for the common command.
 
-``_engine`` (``_engine.c``, built by ``pip install`` where a C compiler is present) does
+``_engine`` (``_engine.c``, ``_codec.c`` and ``_module.c``, built by ``pip install``
+where a C compiler is present) does
 per command what ``shell.ShellChild`` does in Python: two pipes, a start in a new
 session, draining, reaping, the leftover probe, and the plain result line.  A command
 whose output goes to files (``output_dir``) or that is fed stdin keeps the Python
