@@ -199,3 +199,22 @@ def test_the_protocol_modules_own_summary_shows_the_current_version() -> None:
     assert records.__doc__ is not None
     shown = {int(n) for n in re.findall(r'"protocol": (\d+)', records.__doc__)}
     assert shown == {PROTOCOL_VERSION}
+
+
+def test_the_reader_reads_the_same_without_jsons_undocumented_scanner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``scan_once`` is no documented API of json: where a Python lacks it, the reader
+    falls back on json.loads and must read every record the same."""
+    from leanpool._protocol import reader as reader_module
+
+    lines = (
+        b'{"leanpool": "start", "protocol": %d}\n' % V
+        + b'{"id": "a", "status": 0, "ok": true, "duration": 0.5, "stdout": "x\\n"}\n'
+        + b'{"id": 7, "status": 1, "ok": false, "duration": 1.0, "stderr": "\\u00e9"}\n'
+    )
+    expected = RecordReader().feed(lines)
+    monkeypatch.setattr(reader_module, "_scan", reader_module._scan_with_loads)
+    assert RecordReader().feed(lines) == expected
+    with pytest.raises(ProtocolError, match="not JSON"):
+        RecordReader().feed(b'{"id": 1,\n')

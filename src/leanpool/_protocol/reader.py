@@ -16,7 +16,10 @@ from .._errors import ProtocolError, RunnerCrashed
 from .records import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .records import EndRecord, FatalRecord, ResultRecord
+
 
 __all__ = [
     "Ended",
@@ -86,9 +89,19 @@ Event: TypeAlias = "Started | ResultEvent | Skipped | Idle | Ended | Fatal"
 
 _RESULT_FIELDS: Final = (("id", (str, int)), ("status", int), ("ok", bool), ("duration", float))
 
-_scan: Final = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # not in typeshed
+
+def _scan_with_loads(text: str, index: int) -> tuple[object, int]:
+    """json.loads in the shape of a scanner: the value and where it ends (the newline)."""
+    return json.loads(text[index:]), len(text) - 1
+
+
+_scan: Final[Callable[[str, int], tuple[object, int]]] = getattr(
+    json.JSONDecoder(), "scan_once", _scan_with_loads
+)
 """json's own scanner, without json.loads's detour through encoding detection and
-whitespace matching: a record the runner wrote starts at its first byte."""
+whitespace matching: a record the runner wrote starts at its first byte.  ``scan_once``
+is an attribute every CPython decoder has had since 2.6 but no documented API: where it
+is missing, json.loads does the same work."""
 
 
 class RecordReader:
