@@ -484,3 +484,37 @@ def test_a_fork_of_the_caller_does_not_keep_the_runner_alive(tmp_path: Path) -> 
     finally:
         os.killpg(caller.pid, signal.SIGKILL)  # the forked child
         caller.communicate(timeout=10)
+
+
+def test_a_fork_child_of_the_caller_never_closes_a_descriptor_it_reused() -> None:
+    """The fork child lets go of the runner's pipes by closing their file objects, not
+    their numbers under them: a later close of such a stale object (a clean-up, the
+    collector) fails, or closes a file the child opened since under the same number."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from leanpool import TaskRunner
+        runner = TaskRunner(1)
+        runner.add(1, "true")
+        runner.add(2, "sleep 30")
+        results = runner.run()
+        next(results)
+        proc = runner._process._proc
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(os.devnull, os.O_WRONLY)  # the lowest free number
+            for stream in (proc.stdin, proc.stdout):
+                stream.close()  # what any later clean-up of them does
+            try:
+                os.write(fd, b"x")
+                print("kept", flush=True)
+            except OSError as exc:
+                print(exc.strerror, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        results.close()
+        """
+    )
+    done = subprocess.run([PY, "-c", script], capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"kept\n"

@@ -181,10 +181,13 @@ class RunnerProcess:
         return self.reader.completed
 
     def _drop_after_fork(self) -> None:
+        # Close the file objects, not their descriptors under them: a stale object
+        # would close its number again later, by then perhaps a file the child opened.
+        # Both are unbuffered (bufsize=0): closing writes nothing.
         for stream in (self._proc.stdin, self._proc.stdout):
-            if stream is not None and not stream.closed:
+            if stream is not None:
                 with contextlib.suppress(OSError, ValueError):
-                    os.close(stream.fileno())
+                    stream.close()
 
     # -- control records -------------------------------------------------------------------
 
