@@ -922,9 +922,9 @@ MUTANTS: tuple[Mutant, ...] = (
         Mutant(
             "call-value-spill-kept",
             "a call's spilled return value is removed once the caller has read it",
-            "src/leanpool/_caller/calls.py",
-            "        os.unlink(spill)\n    else:",
-            "        pass\n    else:",
+            "src/leanpool/_caller/result.py",
+            "                spills.append(value_spill)",
+            "                pass",
         ),
         Mutant(
             "crash-output-not-drained",

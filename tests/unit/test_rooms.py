@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -398,3 +399,27 @@ def test_a_call_whose_arguments_cannot_be_written_is_refused_and_leaves_nothing(
     lines = proc.stdout.splitlines()
     assert [line.rsplit(": ", 1)[-1] for line in lines[:2]] == ["File too large"] * 2, lines
     assert lines[2:] == ["[False, True]", "[('fits', 150000)]"]
+
+
+def test_spill_files_are_removed_only_once_their_record_is_known_good(tmp_path: Path) -> None:
+    """A record that turns out bad (here its second spill file is missing) removes none
+    of the files it named; a good one removes every one, value's included."""
+    from leanpool._caller.result import result_from_record
+
+    out = tmp_path / "1.stdout"
+    out.write_bytes(b"o" * SPILL_OVER)
+    # As the runner writes them: empty inline outputs beside the spill files' names.
+    bad: dict[str, object] = {"id": 1, "status": 0, "ok": True, "duration": 0.1}
+    bad |= {"stdout": "", "stderr": ""}
+    bad |= {"stdout_spill": str(out), "stderr_spill": str(tmp_path / "gone")}
+    with pytest.raises(ValueError, match="spilled output cannot be read"):
+        result_from_record(bad)  # type: ignore[arg-type]
+    assert out.exists()
+    value = tmp_path / "1.value"
+    value.write_bytes(pickle.dumps(b"v" * SPILL_OVER))
+    good: dict[str, object] = {"id": 1, "status": 0, "ok": True, "duration": 0.1}
+    good |= {"stdout": "", "stderr": "", "stdout_spill": str(out), "value_spill": str(value)}
+    result = result_from_record(good)  # type: ignore[arg-type]
+    assert (result.stdout_bytes, result.value) == (b"o" * SPILL_OVER, b"v" * SPILL_OVER)
+    assert not out.exists()
+    assert not value.exists()

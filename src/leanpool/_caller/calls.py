@@ -165,11 +165,11 @@ def _b64(data: bytes) -> str:
 
 
 def unpickle_value(b64: str | None, spill: str | None) -> object:
-    """A call's return value, from base64 or its spill file (read once, removed)."""
+    """A call's return value, from base64 or its spill file (which the caller removes
+    once the whole result is built)."""
     if spill is not None:
         with open(spill, "rb") as f:
             data = f.read()
-        os.unlink(spill)
     else:
         assert b64 is not None
         data = binascii.a2b_base64(b64)

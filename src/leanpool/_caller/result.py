@@ -202,15 +202,23 @@ def result_from_record(record: ResultRecord) -> Result:
             return plain_result(
                 record["id"], record["status"], stdout, stderr, record["ok"], record["duration"]
             )
+    spills: list[str] = []
+    """Files that carried this result: removed once it is known good, not before (a
+    record that turns out bad must not have made us remove anything)."""
     try:
-        stdout, stdout_raw = _output(record, "stdout")
-        stderr, stderr_raw = _output(record, "stderr")
+        stdout, stdout_raw = _output(record, "stdout", spills)
+        stderr, stderr_raw = _output(record, "stderr", spills)
         ok = record["ok"]
         error = record.get("error")
         value = record.get("value")
         if "value_pickle" in record or "value_spill" in record:
+            value_spill = record.get("value_spill")
+            if value_spill is not None:
+                if not isinstance(value_spill, str):
+                    raise TypeError("value_spill")
+                spills.append(value_spill)
             try:
-                value = unpickle_value(record.get("value_pickle"), record.get("value_spill"))
+                value = unpickle_value(record.get("value_pickle"), value_spill)
             except OSError:
                 raise
             except Exception as exc:  # a value this caller cannot rebuild
@@ -221,7 +229,7 @@ def result_from_record(record: ResultRecord) -> Result:
                     "message": f"the return value cannot be unpickled here: {exc}",
                     "traceback": "",
                 }
-        return Result(
+        result = Result(
             id=record["id"],
             status=record["status"],
             stdout=stdout,
@@ -248,13 +256,17 @@ def result_from_record(record: ResultRecord) -> Result:
         raise ValueError(f"not a result record: missing or bad {exc}") from None
     except OSError as exc:
         raise ValueError(f"its spilled output cannot be read: {exc}") from None
+    for spill in spills:  # each carried this one result, which is whole now
+        try:
+            os.unlink(spill)
+        except OSError as exc:
+            raise ValueError(f"its spill file cannot be removed: {exc}") from None
+    return result
 
 
-def _output(record: ResultRecord, name: str) -> tuple[str, bytes | None]:
-    """A stream's text, and its exact bytes when the runner spilled it to a file.
-
-    A spill file is read once and removed: it exists only to carry this one result.
-    """
+def _output(record: ResultRecord, name: str, spills: list[str]) -> tuple[str, bytes | None]:
+    """A stream's text, and its exact bytes when the runner spilled it to a file (whose
+    path goes to spills: it exists only to carry this one result)."""
     fields: dict[str, object] = record  # type: ignore[assignment]  # read by name
     spill = fields.get(name + "_spill")
     if spill is None:
@@ -266,5 +278,5 @@ def _output(record: ResultRecord, name: str) -> tuple[str, bytes | None]:
         raise TypeError(name + "_spill")
     with open(spill, "rb") as f:
         data = f.read()
-    os.unlink(spill)
+    spills.append(spill)
     return data.decode("utf-8", "replace"), data
