@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import itertools
 import os
@@ -22,6 +21,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, final
 
 from ._caller.calls import call_record, worker_config
+from ._caller.commands import command_record
 from ._caller.options import make_options
 from ._caller.process import RunnerProcess
 from ._caller.progress import Progress
@@ -31,7 +31,6 @@ from ._errors import LeanpoolError, ProtocolError, RunnerError
 from ._protocol.config import runner_config
 from ._protocol.reader import Ended, Idle, ResultEvent, Skipped
 from ._protocol.spool import SpoolWriter
-from ._protocol.tasks import InvalidTask, task_from_record
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -158,30 +157,15 @@ class TaskRunner:
             TypeError, ValueError: the task is not valid; nothing was added.
             LeanpoolError: the spool could not be written (disk full, ...).
         """
-        record: dict[str, object] = {"id": task_id, "cmd": _command(cmd)}
-        if stdin is not None:
-            if isinstance(stdin, str):
-                record["stdin"] = stdin
-            elif isinstance(stdin, (bytes, bytearray, memoryview)):
-                data = bytes(stdin)
-                try:
-                    record["stdin"] = data.decode("utf-8")
-                except UnicodeDecodeError:
-                    record["stdin_b64"] = _b64(data)
-            else:
-                raise TypeError(f"stdin must be str or bytes, not {type(stdin).__name__}")
-        if env is not None:
-            record["env"] = dict(env)
-        if cwd is not None:
-            record["cwd"] = os.fspath(cwd)
-        if timeout is not None:
-            record["timeout"] = timeout
-        if kill_leftovers is not None:
-            record["kill_leftovers"] = kill_leftovers
-        try:
-            task_from_record(record, 0)
-        except InvalidTask as exc:
-            raise (TypeError if exc.wrong_type else ValueError)(exc.reason) from None
+        record = command_record(
+            task_id,
+            cmd,
+            stdin=stdin,
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            kill_leftovers=kill_leftovers,
+        )
         if self._spool is None:
             self._open_spool()
         assert self._spool is not None
@@ -529,33 +513,8 @@ class _RunState:
             self.bar.close()
 
 
-def _command(cmd: object) -> str | list[str]:
-    """A task's cmd as the record carries it, or a TypeError that names what it got."""
-    if isinstance(cmd, str):
-        return cmd
-    if isinstance(cmd, (bytes, bytearray, memoryview)):
-        raise TypeError(f"cmd must be a string or a list of strings, not {type(cmd).__name__}")
-    if isinstance(cmd, Sequence):
-        parts = []
-        for part in cmd:
-            if isinstance(part, (bytes, bytearray)):  # exact bytes: a file name, say
-                parts.append(os.fsdecode(bytes(part)))
-            elif isinstance(part, (str, os.PathLike)):
-                parts.append(os.fsdecode(os.fspath(part)))
-            else:
-                raise TypeError(
-                    f"cmd as a list must hold strings or bytes only, not {type(part).__name__}"
-                )
-        return parts
-    raise TypeError(f"cmd must be a string or a list of strings, not {type(cmd).__name__}")
-
-
 def _remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _b64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _summary(end: EndRecord, added: int, completed: int) -> RunSummary:
