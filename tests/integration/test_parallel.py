@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -120,6 +121,10 @@ def test_the_first_job_starts_before_stdin_ends() -> None:
         start = time.monotonic()
         proc.stdin.write(b"first\n")
         proc.stdin.flush()
+        # 0.17-0.30 s (the CLI's start); one that waits for more input, or its end, never
+        # answers while stdin is open: 10 s is only a bound (it hung till pytest's 60 s).
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        assert ready, "no output for the first line in 10 s, while stdin is still open"
         assert proc.stdout.readline() == b"got first\n"  # stdin is still open
         took = time.monotonic() - start
         proc.stdin.write(b"second\n")
@@ -171,8 +176,9 @@ class TestMoreJobsThanTheFeederLeadsBy:
         ]  # fmt: skip
         start = time.monotonic()
         try:
-            # 8 to 15 s here under other work on the 2 cores (4.5 s of CPU): 45 s is
-            # 3 times that, and within pytest's 60 s; the bug hangs it for good.
+            # 8 to 15 s here under other work on the 2 cores (4.5 s of CPU; 2.7-3.0 s
+            # at a load of 2): 45 s is 3 times that, and within pytest's 60 s; the bug
+            # hangs it for good.
             proc = subprocess.run(command, capture_output=True, timeout=45)
         except subprocess.TimeoutExpired as exc:
             hung = f"hung: no end after {exc.timeout:.0f} s, stdout {exc.stdout!r}"
@@ -215,7 +221,10 @@ def test_halt_on_success_and_on_a_percentage(tmp_path: Path) -> None:
 def test_halt_2_kills_the_running_jobs_and_halt_1_lets_them_finish(tmp_path: Path) -> None:
     """GNU parallel's ``--halt 2`` is ``now,fail=1`` (kill the running jobs) and
     ``--halt 1`` is ``soon,fail=1`` (start none, let the running ones finish)."""
-    for halt, sleep, finishes in (("2", 5, False), ("1", 0.2, True)):
+    # The kill of --halt 2 comes 0.06-0.07 s after the running job starts (to the CLI's
+    # end, measured idle): its 5 s sleep never ends first; a --halt 1 that kills (the bug)
+    # must kill the 1 s sleep of its job too (0.2 s was only 3x that latency, idle).
+    for halt, sleep, finishes in (("2", 5, False), ("1", 1.0, True)):
         started, finished = tmp_path / f"started{halt}", tmp_path / f"finished{halt}"
         running = f"touch {started}; sleep {sleep}; touch {finished}"
         # Fails once the other job runs, so that the halt meets a running job.
@@ -248,7 +257,7 @@ def test_timeout_and_retries_as_total_tries(tmp_path: Path) -> None:
     start = time.monotonic()
     proc = lp("--timeout", "0.3", "sleep {}", ":::", "30")
     assert proc.returncode == 1
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 10  # 0.6-0.9 s (0.3 s + the start); ignored: 30 s
     counter = tmp_path / "count"
     script = f"echo x >> {counter}; test $(wc -l < {counter}) -ge {{}}"
     assert lp("--retries", "3", script, ":::", "3").returncode == 0
