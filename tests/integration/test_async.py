@@ -28,6 +28,7 @@ import pytest
 
 import leanpool
 from leanpool import Result, RunnerCrashed, TaskFailed, TaskRunner
+from leanpool._caller.process import SHUTDOWN_WAIT_S
 from tests.helpers import PY, runner_pids, wait_for, wait_gone
 from tests.integration import calls_funcs as funcs
 
@@ -529,3 +530,50 @@ def test_results_of_async_and_sync_runs_agree() -> None:
         return [json.dumps([r.id, r.stdout, r.status]) async for r in build().arun(ordered=True)]
 
     assert asyncio.run(main()) == sync
+
+
+def test_a_runner_fatal_error_is_raised_by_the_async_run(tmp_path: Path) -> None:
+    """A run that cannot go on (here: no worker can start) ends with the runner's one
+    error, raised from ``async for`` as ``run()`` raises it, not a protocol failure."""
+    (tmp_path / "nolibpreload.py").write_text("raise ImportError('no libfoo here')\n")
+    sys.path.insert(0, str(tmp_path))
+
+    async def main() -> None:
+        runner = TaskRunner(2, preload=["nolibpreload"])
+        for i in range(3):
+            runner.add_call(i, funcs.square, (i,))
+        async for _ in runner.arun():
+            pass
+
+    try:
+        with pytest.raises(leanpool.RunnerError, match="no libfoo here"):
+            asyncio.run(main())
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_a_runner_that_does_not_stop_when_asked_is_killed(tmp_path: Path) -> None:
+    """Leaving an async run early asks the runner to stop and waits SHUTDOWN_WAIT_S
+    (1.5 s) for it; a runner that does not stop (frozen here) is then SIGKILLed at once.
+    Without that SIGKILL the cleanup waits a second 1.5 s before the sweep ends it."""
+    shutdown_wait = SHUTDOWN_WAIT_S
+
+    async def main() -> float:
+        runner = TaskRunner(1)
+        runner.add("quick", "true")
+        runner.add("slow", sleeper(tmp_path, "slow"))
+        async with contextlib.aclosing(runner.arun()) as results:
+            async for _ in results:
+                while not pids_in(tmp_path):
+                    await asyncio.sleep(0.01)
+                (runner_pid,) = runner_pids()
+                os.kill(runner_pid, signal.SIGSTOP)
+                start = time.monotonic()
+                break
+        return time.monotonic() - start
+
+    took = asyncio.run(main())
+    # The fix takes one wait (1.5 s) and a moment; the bug at least two (3.0 s).  The
+    # limit sits halfway, 0.75 s from each.
+    assert shutdown_wait <= took < shutdown_wait + 0.75, took
+    wait_gone(pids_in(tmp_path), 2.0)

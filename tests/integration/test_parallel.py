@@ -387,3 +387,16 @@ def test_a_reader_that_goes_away_stops_it_quietly() -> None:
     )
     assert proc.stdout == b"1\n"
     assert proc.stderr == b""
+
+
+def test_keep_order_prints_in_input_order_whatever_order_the_jobs_end_in() -> None:
+    """Without -k, what ends first prints first; with -k, input order, as GNU parallel.
+    The naps make the jobs end in the reverse of their order (0.3 s apart: far more than
+    a job's start, so no reordering of the starts can undo it)."""
+    naps = ["0.9", "0.6", "0.3", "0"]
+    kept = lp("-k", "-j", "4", "sleep {}; echo {}", ":::", *naps)
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.split() == [n.encode() for n in naps]
+    unkept = lp("-j", "4", "sleep {}; echo {}", ":::", *naps)
+    assert unkept.returncode == 0, unkept.stderr
+    assert unkept.stdout.split() == [n.encode() for n in reversed(naps)]
