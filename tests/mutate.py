@@ -88,7 +88,8 @@ LEFTOVERS = Room(
     "leftovers", (f"{_U}test_reaping.py", f"{_I}test_leftovers.py", f"{_I}test_api.py")
 )
 SCHEDULING = Room(
-    "scheduling", (f"{_U}test_rooms.py", f"{_I}test_faults.py", f"{_I}test_guarantees.py")
+    "scheduling",
+    (f"{_U}test_rooms.py", f"{_I}test_faults.py", f"{_I}test_guarantees.py", f"{_I}test_api.py"),
 )
 OUTPUT = Room(
     "output",
@@ -331,7 +332,7 @@ MUTANTS: tuple[Mutant, ...] = (
             "halt-ignored",
             "halt stops starting tasks after that many failures",
             "src/leanpool/_runner/loop.py",
-            "        if halt is not None and self.failed >= halt and not self.halted:",
+            "        if self.halts.rule is not None and not self.halted:",
             "        if False:",
         ),
         Mutant(
@@ -853,15 +854,15 @@ MUTANTS: tuple[Mutant, ...] = (
             "cluster-halt-one-late",
             "halt=N on a cluster stops after the N-th failure",
             "src/leanpool/_cluster/driver.py",
-            "        if halt is not None and self.failed >= halt and not self.halted:",
-            "        if halt is not None and self.failed > halt and not self.halted:",
+            "            halt = self.halts.after(self.completed, self.failed)",
+            "            halt = self.halts.after(self.completed, self.failed - 1)",
         ),
         Mutant(
             "cluster-halt-now-lets-run",
             "halt_now on a cluster kills the running tasks",
             "src/leanpool/_cluster/driver.py",
-            '            self._halt(now=self.options["halt_now"])',
-            "            self._halt(now=False)",
+            "                self._halt(now=halt.now)",
+            "                self._halt(now=False)",
         ),
         Mutant(
             "cluster-lines-ids-lost",
@@ -909,7 +910,8 @@ MUTANTS: tuple[Mutant, ...] = (
             "",
         ),
     ),
-    # The promises issue 27 named (each had no guard), with the bug that showed it.
+    # The promises issue 27 named (each had no guard, each with the bug that showed it),
+    # then mutants of the guards that came after.
     *in_room(
         CALLS,
         Mutant(
@@ -999,7 +1001,9 @@ MUTANTS: tuple[Mutant, ...] = (
             "cluster-unsent-cancel-run-wide",
             "cancelling a task not yet sent to the cluster cancels that task only",
             "src/leanpool/_cluster/driver.py",
-            "                if self._cancel_unread and task.id in self._cancel_unread:",
+            "                if self._cancel_unread and self._cancel_unread.meets(\n"
+            "                    task.id, retry=False, consumed=self.intake.consumed\n"
+            "                ):",
             "                if self._cancel_unread:",
         ),
     ),
@@ -1050,16 +1054,16 @@ MUTANTS: tuple[Mutant, ...] = (
         Mutant(
             "halt-percent-needs-3",
             "a percentage halt needs 3 jobs done before it can fire",
-            "src/leanpool/_runner/loop.py",
-            "reached = done >= 3 and seen * 100 >= percent * done",
-            "reached = done >= 1 and seen * 100 >= percent * done",
+            "src/leanpool/_runner/halts.py",
+            "reached = completed >= 3 and seen * 100 >= percent * completed",
+            "reached = completed >= 1 and seen * 100 >= percent * completed",
         ),
         Mutant(
             "halt-percent-needs-4",
             "a percentage halt needs 3 jobs done before it can fire (not 4)",
-            "src/leanpool/_runner/loop.py",
-            "reached = done >= 3 and seen * 100 >= percent * done",
-            "reached = done > 3 and seen * 100 >= percent * done",
+            "src/leanpool/_runner/halts.py",
+            "reached = completed >= 3 and seen * 100 >= percent * completed",
+            "reached = completed > 3 and seen * 100 >= percent * completed",
         ),
     ),
     *in_room(
@@ -1194,6 +1198,74 @@ MUTANTS: tuple[Mutant, ...] = (
             "src/leanpool/_runner/_engine.c",
             "    for (i = 0; i < plan->ncaught; i++) sigaction(plan->caught[i], &dfl, NULL);",
             "    for (i = 1; i < NSIG; i++) sigaction(i, &dfl, NULL);",
+        ),
+    ),
+    *in_room(
+        SCHEDULING,
+        Mutant(
+            "cancel-outlives-its-task",
+            "a cancel that can no longer meet its task is forgotten (the pending cancels stay few)",
+            "src/leanpool/_runner/cancels.py",
+            "        return consumed >= before and not self._retrying(task_id)",
+            "        return False",
+        ),
+        Mutant(
+            "cancel-misses-a-waiting-retry",
+            "a cancel reaches a retry that waits, whatever was read since",
+            "src/leanpool/_runner/cancels.py",
+            "            if before is None or retry or consumed <= before:",
+            "            if before is None or consumed <= before:",
+        ),
+    ),
+    # The promises issue 27 named (each had no guard), with the bug that showed it.
+    *in_room(
+        ASYNCIO,
+        Mutant(
+            "runner-ignores-stop",
+            "a stop the caller asks for (or its leaving) stops the run's tasks at once",
+            "src/leanpool/_runner/loop.py",
+            "        if intake.caller_gone or intake.stop_asked:\n            self._caller_gone()",
+            "        if False:\n            self._caller_gone()",
+        ),
+    ),
+    *in_room(
+        CALLS,
+        Mutant(
+            "workers-reap-waits-deadline",
+            "a run's end does not wait out a deadline for its workers to be reaped",
+            "src/leanpool/_runner/loop.py",
+            "                if workers is not None:\n                    workers.reaped(pid)",
+            "                if workers is not None:\n                    pass",
+        ),
+    ),
+    *in_room(
+        CLUSTER,
+        Mutant(
+            "cluster-runners-not-finished",
+            "a run's runners on the workers end with the run (the driver says finish), not IDLE_S later",
+            "src/leanpool/_cluster/driver.py",
+            '        self._tell(None, "finish", [])  # the workers\' idle runners of this run end now',
+            "        pass",
+        ),
+    ),
+    *in_room(
+        PARALLEL,
+        Mutant(
+            "parallel-pause-not-announced",
+            "leanpool parallel runs each job as its input line comes, before the input ends",
+            "src/leanpool/_parallel/main.py",
+            "                        if seq != announced:\n                            spool.flush()",
+            "                        if seq != announced and args is not PAUSE:\n                            spool.flush()",
+        ),
+    ),
+    *in_room(
+        CLUSTER,
+        Mutant(
+            "cluster-halt-rule-ignored",
+            "a halt_rule (GNU parallel's --halt) halts a run on a cluster too",
+            "src/leanpool/_cluster/driver.py",
+            "        if self.halts.rule is not None and not self.halted:",
+            "        if False:",
         ),
     ),
 )

@@ -231,7 +231,8 @@ class TaskRunner:
         """
         if self._process is None:
             raise RuntimeError("cancel() works during run(); before it, just do not add the task")
-        self._process.cancel(task_id)
+        # Only a task added before now: an id used again later is another task.
+        self._process.cancel(task_id, None if self._spool is None else self._spool.offset)
 
     def _open_spool(self) -> None:
         workdir = tempfile.mkdtemp(prefix="leanpool-", dir=self._tmpdir)  # mode 0700

@@ -291,7 +291,8 @@ class _Session:
     def cancel(self, task_id: int) -> None:
         with self._lock:
             if self._runner is not None and task_id in self.futures:
-                self._runner.cancel(task_id)
+                assert self._spool is not None
+                self._runner.cancel(task_id, self._spool.offset)
 
     def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
         with self._lock:

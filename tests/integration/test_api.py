@@ -345,3 +345,44 @@ def test_big_outputs_travel_as_files_and_arrive_exact(tmp_path: Path, private_tm
     assert records["text"]["stdout"] == "y" * 200_000
     assert "stdout_spill" not in records["text"]
     assert base64.b64decode(records["binary"]["stdout_b64"]) == bytes(range(256)) * 1000
+
+
+# -- cancel ----------------------------------------------------------------------------------
+
+
+def test_a_cancel_is_for_the_tasks_added_before_it_never_a_later_one_of_the_same_id(
+    tmp_path: Path, exit_watch: str
+) -> None:
+    """cancel("x") after x's result, then add("x"): the new x runs (the cancel once
+    waited for the id for the whole run and took it).  A task added before its cancel
+    and not started yet is cancelled."""
+    runner = TaskRunner(1)
+    runner.add("x", "echo first")
+    results = []
+    for result in runner.run():
+        results.append((result.id, result.ok, result.cancelled, result.stdout))
+        if result.id == "x" and result.stdout == "first\n":
+            runner.cancel("x")  # it is done: nothing to cancel
+            runner.add("x", "echo second")
+            runner.add("later", "echo never")
+            runner.cancel("later")  # added before the cancel, not started: cancelled
+    by_id: dict[str | int, list[tuple[bool, bool, str]]] = {}
+    for task_id, ok, cancelled, stdout in results:
+        by_id.setdefault(task_id, []).append((ok, cancelled, stdout))
+    assert by_id["x"] == [(True, False, "first\n"), (True, False, "second\n")]
+    assert by_id["later"] == [(False, True, "")]
+
+
+def test_a_cancel_reaches_a_retry_that_waits(tmp_path: Path) -> None:
+    """A task that failed and waits for its retry when the cancel comes: the retry is
+    cancelled, though lines added after the cancel were read before the retry came up."""
+    runner = TaskRunner(2, retries=3, retry_delay=1.0)
+    runner.add("flaky", "exit 3")
+    runner.add("slow", "sleep 0.5")
+    results = []
+    for result in runner.run():
+        results.append((result.id, result.cancelled, result.attempts))
+        if result.id == "slow":
+            runner.cancel("flaky")  # its first attempt failed; the retry waits 1 s
+            runner.add("after", "true")  # read at once, while the retry still waits
+    assert results == [("slow", False, 1), ("after", False, 1), ("flaky", True, 2)]

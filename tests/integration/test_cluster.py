@@ -609,3 +609,40 @@ def test_cancelling_a_task_not_yet_sent_gives_it_a_cancelled_result(
     assert remote["unsent"] == (-15, False, True, "cancelled before it started", "")
     assert remote["before"][-1] == "before\n"
     assert remote["after"][-1] == "after\n"
+
+
+def test_a_halt_rule_halts_a_cluster_run_too(cluster: Cluster, tmp_path: Path) -> None:
+    """GNU parallel's ``--halt`` (a ``halt_rule`` in the config; here on successes, which
+    the ``halt`` option cannot say) halts a run on a cluster as it halts a local one:
+    the driver once read the ``halt`` option only, and ran all 400 tasks."""
+    from leanpool._caller.options import make_options
+    from leanpool._caller.process import RunnerProcess
+    from leanpool._protocol.config import runner_config
+    from leanpool._protocol.reader import Ended, ResultEvent
+
+    path = write_tasks(tmp_path / "t.jsonl", [{"id": i, "cmd": "sleep 0.05"} for i in range(400)])
+    workdir = tempfile.mkdtemp(dir=tmp_path)
+    config = runner_config(
+        make_options(parallel=2),
+        spool_path=str(path),
+        workdir=workdir,
+        stream=False,
+        halt_rule={"on": "success", "count": 5, "percent": None, "now": False},
+        cluster={"address": cluster.address, "parallel": 2},
+    )
+    runner = RunnerProcess(config, workdir)
+    results: list[object] = []
+    end = None
+    try:
+        for event in runner.events():
+            if isinstance(event, ResultEvent):
+                results.append(event.record["id"])
+            elif isinstance(event, Ended):
+                end = event.record
+    finally:
+        runner.close()
+    assert end is not None
+    assert end["halted"]
+    # Batches of about 2 s (some 80 tasks) were in flight when the 5th success came:
+    # they finish what runs and start nothing more.
+    assert 5 <= len(results) < 300, len(results)

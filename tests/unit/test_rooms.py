@@ -31,6 +31,7 @@ from leanpool._protocol.records import SPILL_OVER
 from leanpool._protocol.spool import SpoolReader, SpoolWriter
 from leanpool._protocol.tasks import CommandTask
 from leanpool._runner import results
+from leanpool._runner.cancels import PendingCancels
 from leanpool._runner.children import Child, Outcome
 from leanpool._runner.intake import ControlError, Intake
 from leanpool._runner.results import result_of, unstarted_result
@@ -423,3 +424,21 @@ def test_spill_files_are_removed_only_once_their_record_is_known_good(tmp_path: 
     assert (result.stdout_bytes, result.value) == (b"o" * SPILL_OVER, b"v" * SPILL_OVER)
     assert not out.exists()
     assert not value.exists()
+
+
+def test_a_cancel_that_can_no_longer_meet_its_task_is_forgotten() -> None:
+    """The run's pending cancels stay as few as those that can still matter: once the
+    lines before a cancel were read and no retry of its id waits, it is dropped (it
+    once waited for its id as long as the run lasted)."""
+    retrying: set[str | int] = {"r"}
+    cancels = PendingCancels(retrying.__contains__)
+    cancels.add("done", before=100, consumed=100)  # its task was read and has finished
+    assert not cancels
+    cancels.add("r", before=100, consumed=100)  # read, but a retry of it waits
+    cancels.add("unread", before=300, consumed=100)
+    cancels.add("any", before=None, consumed=100)  # a caller that did not say
+    assert not cancels.meets("other", retry=False, consumed=200)
+    assert cancels.meets("r", retry=True, consumed=200)
+    assert not cancels.meets("other", retry=False, consumed=300)  # "unread" is stale now
+    assert cancels.meets("any", retry=False, consumed=10_000)
+    assert not cancels

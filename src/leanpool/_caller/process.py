@@ -201,9 +201,12 @@ class RunnerProcess:
         record: EndInputRecord = {"leanpool": "end_input", "offset": offset}
         self._send(encode_line(record))
 
-    def cancel(self, task_id: str | int) -> None:
-        """Ask the runner to cancel a task: kill it, or never start it."""
+    def cancel(self, task_id: str | int, before: int | None = None) -> None:
+        """Ask the runner to cancel a task: kill it, or never start it; with before, only
+        a task whose line ends at that spool offset or before (see ``CancelRecord``)."""
         record: CancelRecord = {"leanpool": "cancel", "id": task_id}
+        if before is not None:
+            record["before"] = before
         self._send(encode_line(record))
 
     def halt(self) -> None:

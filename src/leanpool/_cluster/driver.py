@@ -55,6 +55,8 @@ from .._errors import TaskFileError
 from .._protocol.journal import Journal
 from .._protocol.records import PROTOCOL_VERSION, RUN_TOKEN_ENV, encode_line
 from .._protocol.tasks import CallTask
+from .._runner.cancels import PendingCancels
+from .._runner.halts import Halts
 from .._runner.intake import Intake
 from .._runner.main import run_main
 from .._runner.outbox import Outbox
@@ -202,6 +204,7 @@ class ClusterDriver:
         self.cluster: ClusterConfig = cluster
         options = config["options"]
         self.options = options
+        self.halts = Halts(options, config["halt_rule"])
         self.phase = Phase.RUNNING
         self.halted = False
         self.stopped_by: str | None = None
@@ -227,7 +230,7 @@ class ClusterDriver:
         """Batches in a row lost on the way: past ``COMM_RETRIES``, the run fails."""
         self.submitted = 0
         self.slots = PER_THREAD
-        self._cancel_unread: set[str | int] = set()
+        self._cancel_unread = PendingCancels(lambda task_id: False)  # a task is read once
         self._batch_options = _batch_options(options)
         self._batches = 0
         self.reports = InputReports(self.intake, self.outbox)
@@ -338,7 +341,7 @@ class ClusterDriver:
         intake = self.intake
         intake.take_control(data)
         while intake.cancels:
-            self._cancel(intake.cancels.pop(0))
+            self._cancel(*intake.cancels.pop(0))
         if intake.halt_asked and not self.halted:
             self._halt(now=False)
         if intake.caller_gone or intake.stop_asked:
@@ -443,8 +446,9 @@ class ClusterDriver:
                 if fresh is None:
                     break
                 task, seq = fresh
-                if self._cancel_unread and task.id in self._cancel_unread:
-                    self._cancel_unread.discard(task.id)
+                if self._cancel_unread and self._cancel_unread.meets(
+                    task.id, retry=False, consumed=self.intake.consumed
+                ):
                     self._deliver(cancelled_result(task.id, 1), seq, task)
                     continue
                 tasks.append(task)
@@ -629,7 +633,7 @@ class ClusterDriver:
         return self._comm_failures <= COMM_RETRIES
 
     def _deliver(self, built: Built, seq: int, task: Task) -> None:
-        """Journal, count and send one result; halt if it is one failure too many."""
+        """Journal, count and send one result; halt when the run's rule says so (``Halts``)."""
         if self.journal is not None:
             assert built.record is not None  # the driver's results are records, not lines
             record = built.record.copy()
@@ -637,23 +641,23 @@ class ClusterDriver:
             built.journal = record
         self.outbox.result(built, seq)
         self.completed += 1
-        if built.ok:
-            return
-        self.failed += 1
-        halt = self.options["halt"]
-        if halt is not None and self.failed >= halt and not self.halted:
-            _warn(f"{self.failed} task(s) failed: starting no more tasks")
-            self._halt(now=self.options["halt_now"])
+        if not built.ok:
+            self.failed += 1
+        if self.halts.rule is not None and not self.halted:
+            halt = self.halts.after(self.completed, self.failed)
+            if halt is not None:
+                _warn(halt.reason)
+                self._halt(now=halt.now)
 
     # -- stopping --------------------------------------------------------------------------
 
-    def _cancel(self, task_id: str | int) -> None:
+    def _cancel(self, task_id: str | int, before: int | None) -> None:
         for batch in self.inflight.values():
             local = batch.local_id(task_id)
             if local is not None:
                 self._tell(batch.key, "cancel", [local])
                 return
-        self._cancel_unread.add(task_id)
+        self._cancel_unread.add(task_id, before, self.intake.consumed)
 
     def _halt(self, *, now: bool, halted: bool = True) -> None:
         """Start no more batches; every batch in flight starts no more tasks (``now``:

@@ -220,12 +220,21 @@ class StopRecord(TypedDict):
     leanpool: Literal["stop"]
 
 
-class CancelRecord(TypedDict):
-    """Cancel the task with this id: kill it if it runs (its result says ``cancelled``),
-    or give it a ``cancelled`` result without starting it."""
-
+class _CancelRequired(TypedDict):
     leanpool: Literal["cancel"]
     id: str | int
+
+
+class CancelRecord(_CancelRequired, total=False):
+    """Cancel the task with this id: kill it if it runs (its result says ``cancelled``),
+    or give it a ``cancelled`` result without starting it.
+
+    ``before``: the spool offset the caller had written up to when it cancelled; the
+    cancel is for a task whose line ends there or before, never for one added after it
+    with the same id, and it is forgotten once the runner has read that far and found
+    none waiting (without it, a cancel waits for the id as long as the run lasts)."""
+
+    before: int
 
 
 class HaltRecord(TypedDict):

@@ -62,7 +62,7 @@ class SpoolReader:
     Invariants: ``_pos`` bytes of the file have been read; ``limit`` is the offset up to
     which the file is known to hold whole lines (``_pos <= limit``); ``_lines[_next:]``
     are the complete lines read and not yet parsed, and ``_tail`` the pieces of a line
-    whose end is not yet read.
+    whose end is not yet read; ``consumed`` is where the lines parsed so far end.
     """
 
     def __init__(
@@ -83,6 +83,8 @@ class SpoolReader:
         self.last_raw = b""
         """The bytes of that line (a resume compares their digest with the journal's)."""
         self._pos = 0
+        self.consumed = 0
+        """The offset where the last line parsed ends (its newline included)."""
         self._lines: list[bytes] = []
         self._next = 0
         self._tail: list[bytes] = []
@@ -99,7 +101,7 @@ class SpoolReader:
         was read some other way (a validation pass in C).  Only before the first read."""
         if self._pos or self._lines or self._tail:
             raise ValueError("skip_to is for a reader that has read nothing yet")
-        self._pos = offset
+        self._pos = self.consumed = offset
         self.line = lines
 
     @property
@@ -118,6 +120,7 @@ class SpoolReader:
                 raw = self._lines[self._next]
                 self._next += 1
                 self.line += 1
+                self.consumed += len(raw) + 1
                 self.last_raw = raw
                 task = self._parse(raw, self.line)
                 if task is not None:

@@ -88,8 +88,8 @@ class Intake:
         self.halt_asked = False
         """The caller said ``halt``: start nothing more, let running tasks finish."""
         self.closed = False
-        self.cancels: list[str | int] = []
-        """Ids the caller cancelled, not yet acted on by the loop."""
+        self.cancels: list[tuple[str | int, int | None]] = []
+        """(id, before) of the tasks the caller cancelled, not yet acted on by the loop."""
 
     # -- a whole task file -----------------------------------------------------------------
 
@@ -172,7 +172,10 @@ class Intake:
                 task_id = record["id"]
                 if isinstance(task_id, bool) or not isinstance(task_id, (str, int)):
                     raise TypeError
-                self.cancels.append(task_id)
+                before = record.get("before")
+                if before is not None and type(before) is not int:
+                    raise TypeError
+                self.cancels.append((task_id, before))
                 return
             offset = record["offset"]
         except (ValueError, TypeError, KeyError):
@@ -197,6 +200,12 @@ class Intake:
     def exhausted(self) -> bool:
         """No task will ever come again: input ended and all of it was read."""
         return self._reader.ended and self._reader.drained
+
+    @property
+    def consumed(self) -> int:
+        """The spool offset where the line of the task read last ends (a cancel with a
+        ``before`` at or past it can no longer meet its task among those to read)."""
+        return self._reader.consumed
 
     @property
     def caught_up(self) -> bool:

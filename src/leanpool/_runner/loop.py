@@ -36,7 +36,9 @@ from .._protocol.journal import Journal
 from .._protocol.records import PROTOCOL_VERSION, encode_line
 from .._protocol.tasks import CommandTask
 from .calls import WorkerPool
+from .cancels import PendingCancels
 from .children import Child
+from .halts import Halts
 from .intake import Intake
 from .kinds import CHILD_KINDS
 from .leftovers import Leftovers
@@ -62,7 +64,7 @@ from .spawn import SpawnError, devnull
 from .timers import Timers, When
 
 if TYPE_CHECKING:
-    from .._protocol.config import HaltRule, RunnerConfig
+    from .._protocol.config import RunnerConfig
     from .._protocol.records import EndRecord, FatalRecord, StartRecord
     from .._protocol.tasks import Task
     from .children import Watcher
@@ -160,12 +162,12 @@ class Runner:
         self.output_dir = options["output_dir"]
         self.output_names: dict[str, int] = {}
         self.slot_env = config["slot_env"]
-        self.halt_rule = config["halt_rule"]
+        self.halts = Halts(options, config["halt_rule"])
         self._free_slots = list(range(options["parallel"], 0, -1))
         self.spill_dir = config["spill_dir"]
         self._timeout = options["timeout"]
         self._workers: WorkerPool | None = None
-        self._cancelled: set[str | int] = set()
+        self._cancelled = PendingCancels(lambda task_id: task_id in self.schedule.retrying)
         self._piped_lane = (
             self.engine is not None and self.output_dir is None and self.slot_env is None
         )
@@ -262,13 +264,13 @@ class Runner:
         """The commands the engine saw end (reaped, pipes closed): complete each.
 
         The plain success takes the short way: a first attempt that exited 0 on its own,
-        its output whole and small enough to go inline, with no job slot, in a run with
-        no ``halt_rule`` (which counts successes).  Its line, encoded in C, goes to the
+        its output whole and small enough to go inline, with no job slot, in a run whose
+        halt rule does not count successes.  Its line, encoded in C, goes to the
         journal and the outbox; it is what ``result_of`` would build, tested so.  Every
         other end goes through ``_complete``, as any kind of child's does.
         """
         active = self.active
-        short = self.halt_rule is None
+        short = not self.halts.counts_successes
         journal = self.journal
         spill_dir = self.spill_dir
         now = time.monotonic()  # each of them was reaped in the poll that just ended
@@ -318,6 +320,7 @@ class Runner:
                     return
                 waiting = schedule.ready.popleft()
                 task, seq, attempt = waiting.task, waiting.seq, waiting.number
+                schedule.taken(task.id)
             else:
                 if outbox.backlog >= OUTPUT_BACKLOG:  # held results count too
                     return
@@ -330,8 +333,9 @@ class Runner:
                     return
                 task, seq = fresh
                 attempt = 1
-            if self._cancelled and task.id in self._cancelled:
-                self._cancelled.discard(task.id)
+            if self._cancelled and self._cancelled.meets(
+                task.id, retry=attempt > 1, consumed=self.intake.consumed
+            ):
                 self._deliver(cancelled_result(task.id, attempt), seq, task)
                 continue
             if not self._start(task, seq, attempt):
@@ -540,7 +544,7 @@ class Runner:
         intake = self.intake
         intake.on_control()
         while intake.cancels:
-            self._cancel(intake.cancels.pop(0))
+            self._cancel(*intake.cancels.pop(0))
         if intake.halt_asked and not self.halted:
             self.halted = True
             self._drain()
@@ -549,8 +553,9 @@ class Runner:
         if intake.caller_gone or intake.stop_asked:
             self._caller_gone()
 
-    def _cancel(self, task_id: str | int) -> None:
-        """The caller cancelled a task: kill it if it runs, else never start it."""
+    def _cancel(self, task_id: str | int, before: int | None) -> None:
+        """The caller cancelled a task: kill it if it runs, else never start it (with
+        ``before``, only a task added before the cancel: see ``PendingCancels``)."""
         for child in self.active.values():
             if child.task.id == task_id and type(child.task.id) is type(task_id):
                 if not (child.abandoned or child.cancelled or child.done):
@@ -558,7 +563,7 @@ class Runner:
                     child.signal(signal.SIGTERM)
                     self.timers.add(INTERRUPT_GRACE_S, When.KILL, child)
                 return
-        self._cancelled.add(task_id)
+        self._cancelled.add(task_id, before, self.intake.consumed)
 
     def _caller_gone(self) -> None:
         """The caller is gone or asked to stop: stop (a run already stopped keeps its
@@ -624,7 +629,7 @@ class Runner:
 
     def _deliver(self, built: Built, seq: int, task: Task) -> None:
         """Journal, count and send one final result; halt if it is one failure too many
-        (or, with a ``halt_rule``, if the rule is met)."""
+        (``Halts``: the ``halt`` option, or a ``halt_rule``)."""
         if self.journal is not None and built.journal_line is None:
             # The journal's record says which task it was.
             record = built.record if built.journal is None else built.journal
@@ -634,43 +639,17 @@ class Runner:
             built.journal = record
         self.outbox.result(built, seq)
         self.completed += 1
-        if self.halt_rule is not None:
-            if not built.ok:
-                self.failed += 1
-            self._apply_halt_rule(self.halt_rule)
-            return
-        if built.ok:
-            return
-        self.failed += 1
-        halt = self.options["halt"]
-        if halt is not None and self.failed >= halt and not self.halted:
-            self.halted = True
-            _warn(f"{self.failed} task(s) failed: starting no more tasks")
-            if self.options["halt_now"]:
-                self._stop(by=None)
-            else:
-                self._drain()
-
-    def _apply_halt_rule(self, rule: HaltRule) -> None:
-        """GNU parallel's ``--halt when,what=N|N%``: stop once N (or N percent, of at
-        least 3) of the results are failures, or successes."""
-        if self.halted:
-            return
-        done = self.completed
-        seen = self.failed if rule["on"] == "fail" else done - self.failed
-        percent = rule["percent"]
-        if percent is not None:
-            reached = done >= 3 and seen * 100 >= percent * done
-        else:
-            reached = seen >= rule["count"]
-        if reached:
-            self.halted = True
-            what = "failed" if rule["on"] == "fail" else "succeeded"
-            _warn(f"{seen} task(s) {what}: starting no more tasks")
-            if rule["now"]:
-                self._stop(by=None)
-            else:
-                self._drain()
+        if not built.ok:
+            self.failed += 1
+        if self.halts.rule is not None and not self.halted:
+            halt = self.halts.after(self.completed, self.failed)
+            if halt is not None:
+                self.halted = True
+                _warn(halt.reason)
+                if halt.now:
+                    self._stop(by=None)
+                else:
+                    self._drain()
 
     def _on_bad_input(self, exc: TaskFileError) -> None:
         """A streamed line is bad: start nothing more, let running tasks finish."""

@@ -41,7 +41,8 @@ class Schedule:
     """The attempts ready to start before any new task, and how many may run at once.
 
     Invariants: ``parallel`` only ever goes down (throttling), never below 1;
-    ``waiting_retries`` counts the RETRY deadlines not yet due.
+    ``waiting_retries`` counts the RETRY deadlines not yet due; ``retrying`` counts, by
+    task id, the attempts queued (waiting or ready) and not yet started.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Schedule:
         self.parallel = parallel
         self.ready: collections.deque[Attempt] = collections.deque()
         self.waiting_retries = 0
+        self.retrying: collections.Counter[str | int] = collections.Counter()
         self._timers = timers
         self._retries = retries
         self._retry_delay = retry_delay
@@ -65,14 +67,25 @@ class Schedule:
         if attempt > self._retries:
             return False
         self.waiting_retries += 1
+        self.retrying[task.id] += 1
         self._timers.add(self._retry_delay, When.RETRY, Attempt(task, seq, attempt + 1))
         return True
 
     def retry_due(self, attempt: Attempt, *, stopping: bool) -> None:
         """A retry delay is over: the attempt is ready (unless the run is stopping)."""
         self.waiting_retries -= 1
-        if not stopping:
+        if stopping:
+            self.taken(attempt.task.id)
+        else:
             self.ready.append(attempt)
+
+    def taken(self, task_id: str | int) -> None:
+        """A queued attempt of task_id left the queue (it starts, or is dropped)."""
+        left = self.retrying[task_id] - 1
+        if left > 0:
+            self.retrying[task_id] = left
+        else:
+            del self.retrying[task_id]
 
     def started(self) -> None:
         """An attempt started: the system had room again."""
@@ -101,4 +114,6 @@ class Schedule:
 
     def clear(self) -> None:
         """The run is stopping: start nothing more."""
+        for attempt in self.ready:
+            self.taken(attempt.task.id)
         self.ready.clear()
