@@ -1268,6 +1268,16 @@ MUTANTS: tuple[Mutant, ...] = (
             "        if False:",
         ),
     ),
+    *in_room(
+        SCHEDULING,
+        Mutant(
+            "short-way-skips-a-percentage-halt",
+            "a percentage halt sees the successes that complete its 3 results",
+            "src/leanpool/_runner/halts.py",
+            '            rule["on"] == "success" or rule["percent"] is not None',
+            '            rule["on"] == "success"',
+        ),
+    ),
 )
 
 

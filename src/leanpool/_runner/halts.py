@@ -39,9 +39,12 @@ class Halts:
                 "now": options["halt_now"],
             }
         self.rule = rule
-        self.counts_successes = rule is not None and rule["on"] == "success"
-        """Whether a success can make the run halt: a rule on failures is never
-        reached by a success (a success only lowers the share of failures)."""
+        self.sees_successes = rule is not None and (
+            rule["on"] == "success" or rule["percent"] is not None
+        )
+        """Whether a success can make the run halt: a rule that counts successes, or a
+        percentage (whose "of at least 3 results" a success may complete).  A count of
+        failures is never reached by a success."""
 
     def after(self, completed: int, failed: int) -> Halt | None:
         """Whether the run must halt now that ``completed`` results are in, ``failed``

@@ -265,12 +265,13 @@ class Runner:
 
         The plain success takes the short way: a first attempt that exited 0 on its own,
         its output whole and small enough to go inline, with no job slot, in a run whose
-        halt rule does not count successes.  Its line, encoded in C, goes to the
-        journal and the outbox; it is what ``result_of`` would build, tested so.  Every
-        other end goes through ``_complete``, as any kind of child's does.
+        halt rule never needs to see a success (``Halts.sees_successes``).  Its line,
+        encoded in C, goes to the journal and the outbox; it is what ``result_of`` would
+        build, tested so.  Every other end goes through ``_complete``, as any kind of
+        child's does.
         """
         active = self.active
-        short = not self.halts.counts_successes
+        short = not self.halts.sees_successes
         journal = self.journal
         spill_dir = self.spill_dir
         now = time.monotonic()  # each of them was reaped in the poll that just ended
