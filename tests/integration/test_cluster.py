@@ -289,15 +289,50 @@ def test_worker_killed_mid_run(own_cluster: Cluster, tmp_path: Path, task_format
     # Past the first batches (one wave each): both workers are inside batches of about
     # a dozen tasks, half of whose results have come back early.
     wait_for(lambda: journal.exists() and len(journal_ids(journal)) >= 16, 30, "results")
-    victims = own_cluster.worker_pids()
-    assert len(victims) == 2
-    os.kill(victims[0], signal.SIGKILL)
+    workers = own_cluster.worker_pids()
+    assert len(workers) == 2
+    # A worker that runs a task now, and has for a while: its batch is past its start,
+    # so some of its tasks have finished (a worker between two batches, chosen blindly
+    # under load, once lost nothing that could run again).
+    wait_for(lambda: _busy_worker(workers) is not None, 30, "a worker inside a batch")
+    victim = _busy_worker(workers)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     executions = Counter(ran.read_text().split())
     assert max(executions.values()) >= 2, "no finished task ran again: the test saw nothing"
     assert Counter(journal_ids(journal)) == Counter(ids)
     assert sorted(r["id"] for r in records(out)) == ids
+
+
+def _busy_worker(workers: list[int]) -> int | None:
+    """The worker process (of workers) under which a task has run for 0.15 s or more,
+    or None: a task's runner is a child of the worker it serves."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    for pid in run_marked_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"leanpool" in f.read():
+                    continue  # a runner, which lives between batches: not a task
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if uptime - int(fields[19]) / ticks < 0.15:  # field 22, starttime
+            continue
+        parent = pid
+        while parent > 1:
+            if parent in workers:
+                return parent
+            try:
+                with open(f"/proc/{parent}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                break
+    return None
 
 
 STOP_REACHES_TASKS_S = 10.0
