@@ -681,3 +681,27 @@ def test_a_halt_rule_halts_a_cluster_run_too(cluster: Cluster, tmp_path: Path) -
     # Batches of about 2 s (some 80 tasks) were in flight when the 5th success came:
     # they finish what runs and start nothing more.
     assert 5 <= len(results) < 300, len(results)
+
+
+def test_a_task_that_kills_its_worker_fails_alone(tmp_path: Path) -> None:
+    """As the README says: a batch whose Dask workers die ``allowed-failures`` times
+    (Dask's default, 3) is split, each of its tasks run alone, so that the one task that
+    kills its worker fails alone, saying so, and every other task of its batch
+    completes.  (With 0, a task Dask had queued on the dying worker beside the killer
+    failed too: Dask counts a death against every task the worker held.)"""
+    # The task's parent is its batch's runner, whose parent is the Dask worker.
+    killer = "kill -9 $(awk '{print $4}' /proc/$PPID/stat)"
+    tasks: list[dict[str, object]] = [{"id": i, "cmd": f"echo {i}"} for i in range(6)]
+    tasks[3] = {"id": 3, "cmd": killer}
+    path = write_tasks(tmp_path / "t.jsonl", tasks)
+    started = Cluster(2)
+    try:
+        proc = leanpool_cli("run", str(path), "--cluster", started.address, "-j", "2")
+    finally:
+        started.close()
+    done = {r["id"]: r for r in records(proc.stdout)}
+    assert sorted(done) == list(range(6)), proc.stderr
+    assert [i for i, r in done.items() if not r["ok"]] == [3], done
+    assert "its Dask worker died each time it ran" in done[3]["error"]
+    assert all(done[i]["stdout"] == f"{i}\n" for i in (0, 1, 2, 4, 5))
+    assert proc.returncode == 1  # one task failed
