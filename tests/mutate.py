@@ -1001,10 +1001,10 @@ MUTANTS: tuple[Mutant, ...] = (
             "cluster-unsent-cancel-run-wide",
             "cancelling a task not yet sent to the cluster cancels that task only",
             "src/leanpool/_cluster/driver.py",
-            "                if self._cancel_unread and self._cancel_unread.meets(\n"
+            "                if self._cancel_unread.pending and self._cancel_unread.meets(\n"
             "                    task.id, retry=False, consumed=self.intake.consumed\n"
             "                ):",
-            "                if self._cancel_unread:",
+            "                if self._cancel_unread.pending:",
         ),
     ),
     *in_room(

@@ -433,7 +433,7 @@ def test_a_cancel_that_can_no_longer_meet_its_task_is_forgotten() -> None:
     retrying: set[str | int] = {"r"}
     cancels = PendingCancels(retrying.__contains__)
     cancels.add("done", before=100, consumed=100)  # its task was read and has finished
-    assert not cancels
+    assert not cancels.pending
     cancels.add("r", before=100, consumed=100)  # read, but a retry of it waits
     cancels.add("unread", before=300, consumed=100)
     cancels.add("any", before=None, consumed=100)  # a caller that did not say
@@ -441,4 +441,4 @@ def test_a_cancel_that_can_no_longer_meet_its_task_is_forgotten() -> None:
     assert cancels.meets("r", retry=True, consumed=200)
     assert not cancels.meets("other", retry=False, consumed=300)  # "unread" is stale now
     assert cancels.meets("any", retry=False, consumed=10_000)
-    assert not cancels
+    assert not cancels.pending

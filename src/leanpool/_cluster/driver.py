@@ -446,7 +446,7 @@ class ClusterDriver:
                 if fresh is None:
                     break
                 task, seq = fresh
-                if self._cancel_unread and self._cancel_unread.meets(
+                if self._cancel_unread.pending and self._cancel_unread.meets(
                     task.id, retry=False, consumed=self.intake.consumed
                 ):
                     self._deliver(cancelled_result(task.id, 1), seq, task)

@@ -28,23 +28,22 @@ class PendingCancels:
 
     def __init__(self, retrying: Callable[[str | int], bool]) -> None:
         """``retrying(id)``: whether an attempt of that task waits to run again."""
-        self._before: dict[str | int, int | None] = {}
+        self.pending: dict[str | int, int | None] = {}
+        """By id, each cancel's ``before``: read directly by the loop before each start
+        (an empty dict is the common case, and costs no call)."""
         self._retrying = retrying
-
-    def __bool__(self) -> bool:
-        return bool(self._before)
 
     def add(self, task_id: str | int, before: int | None, consumed: int) -> None:
         """A cancel that found no running task; ``consumed``: where the lines read so
         far end."""
         if before is None or not self._stale(task_id, before, consumed):
-            self._before[task_id] = before
+            self.pending[task_id] = before
 
     def meets(self, task_id: str | int, *, retry: bool, consumed: int) -> bool:
         """Whether the attempt about to start (a retry, or the task whose line ends at
         ``consumed``) is cancelled; the cancel is used up then.  Forgets the cancels
         that can no longer meet their task."""
-        pending = self._before
+        pending = self.pending
         if task_id in pending:
             before = pending[task_id]
             if before is None or retry or consumed <= before:

@@ -334,7 +334,7 @@ class Runner:
                     return
                 task, seq = fresh
                 attempt = 1
-            if self._cancelled and self._cancelled.meets(
+            if self._cancelled.pending and self._cancelled.meets(
                 task.id, retry=attempt > 1, consumed=self.intake.consumed
             ):
                 self._deliver(cancelled_result(task.id, attempt), seq, task)
