@@ -287,19 +287,30 @@ def test_worker_killed_mid_run(own_cluster: Cluster, tmp_path: Path, task_format
         "run", str(tasks), *extra, "--journal", str(journal),
         "--cluster", own_cluster.address, "-j", "2",
     )  # fmt: skip
-    # Past the first batches (one wave each): both workers are inside batches of about
-    # a dozen tasks, half of whose results have come back early.
-    wait_for(lambda: journal.exists() and len(journal_ids(journal)) >= 16, 30, "results")
-    workers = own_cluster.worker_pids()
-    assert len(workers) == 2
-    # A worker that runs a task now, and has for a while: its batch is past its start,
-    # so some of its tasks have finished (a worker between two batches, chosen blindly
-    # under load, once lost nothing that could run again).
-    wait_for(lambda: _busy_worker(workers) is not None, 30, "a worker inside a batch")
-    victim = _busy_worker(workers)
-    assert victim is not None
-    os.kill(victim, signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)
+    try:
+        # Past the first batches (one wave each): both workers are inside batches of
+        # about a dozen tasks, half of whose results have come back early.
+        wait_for(lambda: journal.exists() and len(journal_ids(journal)) >= 16, 30, "results")
+        workers = own_cluster.worker_pids()
+        assert len(workers) == 2
+        # A worker that runs a task now, and has for a while: its batch is past its
+        # start, so some of its tasks have finished (a worker between two batches,
+        # chosen blindly under load, once lost nothing that could run again).
+        busy: list[int] = []
+
+        def found() -> bool:
+            victim = _busy_worker(workers)
+            if victim is not None:
+                busy.append(victim)
+            return victim is not None
+
+        wait_for(found, 30, "a worker inside a batch")
+        os.kill(busy[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # failed on the way: leave no CLI behind
+            proc.kill()
+            proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     executions = Counter(ran.read_text().split())
     assert max(executions.values()) >= 2, "no finished task ran again: the test saw nothing"
